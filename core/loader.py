@@ -1,0 +1,220 @@
+"""FFCV loading of a grainsweep beton: one image column, one label column per hierarchy level, optional extras.
+
+`build_loader` returns a `BetonLoader`; iterating it yields `Batch(images, labels, extras)`:
+  images  uint8 (B, H, W, 3) NHWC on `device` (H = W = the current resolution)
+  labels  {level: int64 (B,)} for every requested level, in the order asked
+  extras  {column: int64 (B,)} for every requested extra column ('index', 'hard', ...), in the order asked
+`GpuBatches` wraps a loader and an augment callable (core.augment.GpuAugment) and measures the fraction of
+wall time spent waiting for data.
+
+ffcv facts this module relies on (ffcv 1.0.2 source, site-packages/ffcv):
+- A field missing from `pipelines` gets ffcv's *default* pipeline and is decoded and returned anyway
+  (loader.py, "Adding the default pipelines"); so every column we do not want is disabled with `None`.
+- Outputs come back as a tuple in the beton's column order, not in the order of `pipelines`.
+- Order of epoch e is `traversal_order.sample_order(e)`; `Loader.__iter__` uses `next_epoch` and then
+  increments it. RANDOM is `np.random.default_rng(seed + epoch).permutation(indices)` (distributed:
+  DistributedSampler(seed).set_epoch(epoch), which also seeds with seed + epoch); QUASI_RANDOM seeds numba with
+  `seed * 912300 + epoch`. So resuming at epoch e = setting `next_epoch = e` before iterating (`set_epoch`).
+  Because of `seed + epoch`, seed s at epoch e+1 would replay seed s+1 at epoch e: runs of a seed sweep would
+  share their orders shifted by one epoch. We hand ffcv `seed * SEED_STRIDE` for RANDOM so orders of different
+  seeds never coincide for epochs < SEED_STRIDE.
+- Only the *order* is reproducible: RandomResizedCrop and RandomHorizontalFlip draw from numba's per-thread
+  np.random, which ffcv never seeds.
+- Batches are views into ring buffers of `batches_ahead + 2` slots that ffcv reuses: a batch kept across more
+  than about `batches_ahead` further `next()` calls is overwritten. `.clone()` what you keep.
+- `Squeeze()` without a dim squeezes the batch dim too when a (last) batch has one sample: we squeeze dim 1.
+- Progressive resizing works without recompiling ffcv's pipeline: buffers are re-declared from the decoder's
+  `output_size` at each epoch start (Graph.allocate_memory in EpochIterator), as ffcv-imagenet does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder,
+                                   ResizedCropRGBImageDecoder)
+from ffcv.loader import Loader, OrderOption
+from ffcv.reader import Reader
+from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor
+
+IMAGE_COLUMN = "image"
+VAL_CROP_RATIO = 224 / 256  # centre crop side / short side, the ImageNet convention
+SEED_STRIDE = 2**16  # epochs per seed before RANDOM orders of neighbouring seeds could coincide
+ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM,
+          "sequential": OrderOption.SEQUENTIAL}
+
+
+class BetonError(ValueError):
+    """A beton that cannot serve the request; the message names the file and the column at fault."""
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # uint8 (B, H, W, 3) on the loader's device
+    labels: dict[str, torch.Tensor]  # level -> int64 (B,)
+    extras: dict[str, torch.Tensor]  # column -> int64 (B,)
+
+
+def beton_columns(path: str | Path) -> list[str]:
+    """The column names of a beton, read from its header (no data is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"beton not found: {path}")
+    return list(Reader(str(path)).field_names)
+
+
+class BetonLoader:
+    """An ffcv Loader over one beton with per-epoch resolution and a resumable epoch counter.
+
+    Iterating yields `Batch`es for the epoch `self.epoch` and then advances it by one.
+    """
+
+    def __init__(self, loader: Loader, decoder: ResizedCropRGBImageDecoder, columns: list[str],
+                 levels: list[str], extra_columns: list[str]) -> None:
+        self.ffcv = loader
+        self.decoder = decoder
+        self._columns = columns  # the enabled columns, in the beton's order (= ffcv's output order)
+        self.levels = levels
+        self.extra_columns = extra_columns
+
+    # progressive resizing and resume
+    @property
+    def resolution(self) -> int:
+        return int(self.decoder.output_size[0])
+
+    def set_resolution(self, resolution: int) -> None:
+        """Output side in pixels from the next epoch on (takes effect when the next iteration starts)."""
+        self.decoder.output_size = (int(resolution), int(resolution))
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration will serve."""
+        return int(self.ffcv.next_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve epoch `epoch` next: the order is a function of (seed, epoch) only, so this resumes exactly."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.ffcv.next_epoch = int(epoch)
+
+    @property
+    def batch_size(self) -> int:
+        return self.ffcv.batch_size
+
+    def __len__(self) -> int:
+        return len(self.ffcv)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for out in self.ffcv:
+            by_name = dict(zip(self._columns, out))
+            yield Batch(by_name[IMAGE_COLUMN], {lv: by_name[lv] for lv in self.levels},
+                        {c: by_name[c] for c in self.extra_columns})
+
+
+def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size: int, num_workers: int,
+                 levels: Sequence[str], resolution: int, order: Literal["random", "quasi_random", "sequential"],
+                 os_cache: bool, distributed: bool, drop_last: bool | None, extra_columns: Sequence[str] = (),
+                 seed: int, device: str | torch.device, flip_on_cpu: bool = True,
+                 batches_ahead: int = 3) -> BetonLoader:
+    """A loader over the beton at `path`.
+
+    split: 'train' = RandomResizedCrop (+ RandomHorizontalFlip when `flip_on_cpu`); 'val' = centre crop 224/256.
+    drop_last: None means True for train (fixed shapes for torch.compile) and False for val (every sample).
+    extra_columns: further IntFields to return in `Batch.extras`, e.g. ['index', 'hard'].
+    seed: orders are a function of (seed, epoch); see the module docstring.
+    """
+    path = Path(path)
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {sorted(ORDERS)}, got {order!r}")
+    if order == "quasi_random" and distributed:
+        raise ValueError("ffcv 1.0.2 has no quasi_random order with distributed=True; use 'random'")
+    if not levels:
+        raise ValueError("ask for at least one label level")
+    levels, extra_columns = list(levels), list(extra_columns)
+    asked = [IMAGE_COLUMN, *levels, *extra_columns]
+    duplicated = sorted({c for c in asked if asked.count(c) > 1})
+    if duplicated:
+        raise ValueError(f"columns asked for more than once: {duplicated}")
+
+    # check the columns against the header before ffcv does anything
+    columns = beton_columns(path)
+    missing = [c for c in asked if c not in columns]
+    if missing:
+        raise BetonError(f"{path}: no column(s) {missing}; this beton has columns {columns}")
+
+    # pipelines: every column gets its own operation objects; unwanted columns are disabled with None
+    device = torch.device(device)
+    res = (int(resolution), int(resolution))
+    if split == "train":
+        decoder: ResizedCropRGBImageDecoder = RandomResizedCropRGBImageDecoder(res)
+        image_ops: list = [decoder, RandomHorizontalFlip()] if flip_on_cpu else [decoder]
+    else:
+        decoder = CenterCropRGBImageDecoder(res, ratio=VAL_CROP_RATIO)
+        image_ops = [decoder]
+    pipelines: dict[str, Any] = {c: None for c in columns}
+    pipelines[IMAGE_COLUMN] = [*image_ops, ToTensor(), ToDevice(device, non_blocking=True)]
+    for c in [*levels, *extra_columns]:
+        pipelines[c] = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]
+
+    if drop_last is None:
+        drop_last = split == "train"
+    ffcv_seed = int(seed) * SEED_STRIDE if order == "random" else int(seed)
+    loader = Loader(str(path), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
+                    order=ORDERS[order], distributed=distributed, seed=ffcv_seed, pipelines=pipelines,
+                    drop_last=drop_last, batches_ahead=batches_ahead)
+    enabled = [c for c in columns if c in asked]
+    return BetonLoader(loader, decoder, enabled, levels, extra_columns)
+
+
+class GpuBatches:
+    """Iterates `loader`, applies `augment(images, labels)` to each batch, and times the waits for data.
+
+    Yields (x, targets, extras): `augment`'s two outputs and the batch's extras. `wait_fraction` is the time
+    spent inside next(loader) over the wall time since the epoch started (live, for logging mid-epoch). On CUDA
+    the augment work is asynchronous, so the wall time counts the consumer's GPU work only where it syncs.
+    """
+
+    def __init__(self, loader: BetonLoader, augment: Callable[..., tuple[torch.Tensor, Any]]) -> None:
+        self.loader = loader
+        self.augment = augment
+        self.wait_s = 0.0
+        self.start: float | None = None
+        self.end: float | None = None
+        self.batches = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def elapsed_s(self) -> float:
+        if self.start is None:
+            return 0.0
+        return (self.end if self.end is not None else time.perf_counter()) - self.start
+
+    @property
+    def wait_fraction(self) -> float:
+        elapsed = self.elapsed_s
+        return self.wait_s / elapsed if elapsed > 0 else 0.0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any, dict[str, torch.Tensor]]]:
+        self.wait_s, self.batches, self.end = 0.0, 0, None
+        self.start = time.perf_counter()
+        batches = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                self.wait_s += time.perf_counter() - t0
+                break
+            self.wait_s += time.perf_counter() - t0
+            self.batches += 1
+            x, targets = self.augment(batch.images, batch.labels)
+            yield x, targets, batch.extras
+        self.end = time.perf_counter()

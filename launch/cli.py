@@ -1,0 +1,40 @@
+"""`grainsweep` command line: one sub-command per module, dispatched here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.config import ConfigError
+from core.hierarchy import HierarchyError
+from data_tools.publish import DatasetExistsError
+from launch import cli_convert, cli_tree
+
+COMMANDS = [cli_convert, cli_tree]
+
+# errors that are the user's input, shown as one line instead of a traceback
+USER_ERRORS = (ConfigError, HierarchyError, DatasetExistsError, FileNotFoundError, NotADirectoryError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grainsweep", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except USER_ERRORS as e:
+        print(f"grainsweep {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"grainsweep {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
