@@ -1,0 +1,68 @@
+"""The schema of one training run (`grainsweep train`): every default in one place, with its unit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = "data/synthetic"  # dataset folder: train.beton, val.beton, hierarchy.json
+    level: str = ""  # label level to train on; '' = the finest level
+    resolution: int = 32  # training crop side in pixels (the end resolution when progressive)
+    val_resolution: int = 0  # validation crop side; 0 = same as `resolution`
+    batch_size: int = 128  # training images per step
+    val_batch_size: int = 256
+    workers: int = 2  # ffcv decode threads
+    order: Literal["random", "quasi_random"] = "random"  # quasi_random for data larger than RAM
+    os_cache: bool = True  # page cache (True) or ffcv's own process cache (False, for data > RAM)
+    scale: tuple[float, float] = (0.35, 1.0)  # RandomResizedCrop area range
+    flip: bool = True  # random horizontal flip (done in the device stage)
+
+    def __post_init__(self) -> None:
+        if self.resolution < 8 or self.batch_size < 1 or self.val_batch_size < 1 or self.workers < 1:
+            raise ValueError("resolution >= 8, batch sizes >= 1 and workers >= 1 are required")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet10t"  # any timm model name, or 'bmlp' (Scaling-MLPs bottleneck MLP)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model builder (e.g. depth, width)
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile: auto = on for CUDA, off on CPU
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.2  # peak learning rate for `batch_size` images per step
+    weight_decay: float = 5e-5  # on weights with ndim >= 2 only
+    momentum: float = 0.9  # SGD momentum (AdamW: beta1)
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0  # linear warm-up from 0, in epochs (per-iteration schedule)
+    schedule: Literal["cosine", "linear"] = "cosine"  # decay after warm-up
+    final_lr_fraction: float = 0.0  # LR at the end as a fraction of the peak
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"  # 'auto' = cuda if available else cpu; or 'cpu', 'cuda', 'cuda:1'
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixup; 0 = off
+    cutmix_alpha: float = 0.0  # Beta(alpha, alpha) cutmix; 0 = off
+    progressive: tuple[int, int, int] = (0, 0, 0)  # (start resolution, first epoch, last epoch) of a linear
+    # ramp up to data.resolution, in multiples of 8 px; (0, 0, 0) = off
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
+    keep_checkpoints: int = 1  # newest checkpoints kept
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
