@@ -110,7 +110,7 @@ def build_model(name: str, num_classes: int, image_size: int, in_chans: int = 3,
 
 
 def _create_timm(name: str, num_classes: int, image_size: int, in_chans: int, kwargs: dict) -> nn.Module:
-    if name not in timm.list_models(name):
+    if not timm.is_model(name):
         raise ValueError(f"unknown model {name!r}: neither 'bmlp' nor a timm model name")
     common = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if "img_size" in kwargs:

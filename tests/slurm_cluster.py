@@ -23,7 +23,10 @@ where none exists, the munge key (``mungekey -c``), which is kept.
 
 Daemons are stopped by pid (the pid files in the scratch folder), never by name; munged is stopped
 only when this module started it (a munged that was already answering is reused and left alone).
-A cluster left running by an earlier (crashed) run is stopped before a new one starts.
+A cluster left running by an earlier (crashed) run is stopped before a new one starts. A session
+holds ``<scratch>/session.lock`` (flock) while its cluster runs, so a second concurrent session on the
+same machine waits for it (up to ``$GRAINSWEEP_SLURM_LOCK_TIMEOUT`` s, default 600) rather than
+stopping a cluster in use. Jobs still queued/running are cancelled before the daemons stop.
 
 slurm.conf settings beyond the recipe, and why:
   * Node line from ``slurmd -C`` (real CPUs/sockets/cores/threads and RealMemory): a node that
@@ -34,6 +37,10 @@ slurm.conf settings beyond the recipe, and why:
     and backfill run every 1-2 s instead of 60 s / 30 s, so array tasks, dependent jobs and requeued
     jobs start within seconds; ``kill_invalid_depend`` cancels a job whose dependency can never be
     satisfied (e.g. afterok on a failed job) instead of leaving it pending forever.
+  * ``AuthInfo=cred_expire=10``: a requeued job (submitit's preemption/timeout path: ``scontrol
+    requeue``) is held PENDING with Reason=BeginTime for cred_expire + 1 s before it may run again;
+    the default 120 s would make every requeue test wait two minutes. (It is also the lifetime of a
+    job-step launch credential; 10 s is plenty on one machine.)
   * ``KillWait=5``: 5 s (not 30 s) between SIGTERM and SIGKILL on scancel/time limit: faster teardown.
   * ``MinJobAge=300``: finished jobs stay visible to squeue/scontrol for 5 min (there is no
     accounting database, so sacct cannot tell their fate afterwards).
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import os
 import shutil
 import signal
@@ -83,6 +91,7 @@ class SlurmCluster:
     hostname: str  # the node's name (NodeName)
     cpus: int  # CPUs of the node
     conf_path: Path = SLURM_CONF
+    lock_fd: int | None = dataclasses.field(default=None, repr=False)  # session lock (see _acquire_lock)
 
     @property
     def jobs_dir(self) -> Path:
@@ -129,7 +138,10 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (exited, not yet reaped) counts as gone
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:4]
+    except (OSError, IndexError):
+        return True
 
 
 def _comm(pid: int) -> str:
@@ -146,11 +158,13 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _stop_pid(pid: int, name: str, timeout: float = 15) -> None:
-    """SIGTERM the process if it is still `name`, then SIGKILL after `timeout` seconds."""
+def _stop_pid(pid: int, name: str, timeout: float = 15, send: bool = True) -> None:
+    """SIGTERM the process if it is still `name` (unless send=False: already sent), wait for it to go,
+    SIGKILL after `timeout` seconds."""
     if not _pid_alive(pid) or _comm(pid) != name:
         return
-    os.kill(pid, signal.SIGTERM)
+    if send:
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _pid_alive(pid) or _comm(pid) != name:
@@ -242,6 +256,8 @@ def slurm_conf_text(scratch: Path, host: str, node_line: str) -> str:
 ClusterName=grainsweep
 SlurmctldHost={host}(127.0.0.1)
 AuthType=auth/munge
+# a requeued job waits cred_expire (default 120 s) before it may start again
+AuthInfo=cred_expire=10
 CredType=cred/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -314,8 +330,6 @@ def _ensure_munge(scratch: Path) -> None:
 
 def _cancel_all_jobs(timeout: float = 20) -> None:
     """Cancel every job of the (test) cluster so that no slurmstepd/job process outlives slurmd."""
-    if not (_port_open(6817)):
-        return
     res = _run(["squeue", "-h", "-o", "%A"], timeout=15)
     ids = sorted(set(res.stdout.split())) if res.returncode == 0 else []
     if not ids:
@@ -338,11 +352,15 @@ def stop(scratch: Path = SCRATCH) -> list[str]:
             _cancel_all_jobs()
         except (OSError, subprocess.TimeoutExpired):
             pass
-    for pidfile, name in DAEMONS:
-        pid = pids[name]
-        if pid is not None and _pid_alive(pid) and _comm(pid) == name:
-            _stop_pid(pid, name)
+    # slurmd and slurmctld together (each takes ~2 s to exit), then munged
+    for group in (("slurmd", "slurmctld"), ("munged",)):
+        alive = [(pids[n], n) for n in group if pids[n] is not None and _pid_alive(pids[n]) and _comm(pids[n]) == n]
+        for pid, name in alive:
+            os.kill(pid, signal.SIGTERM)
+        for pid, name in alive:
+            _stop_pid(pid, name, send=False)  # waits; SIGKILL if still there after 15 s
             stopped.append(f"{name} (pid {pid})")
+    for pidfile, _ in DAEMONS:
         (scratch / pidfile).unlink(missing_ok=True)
     backup = SLURM_CONF.with_name("slurm.conf.grainsweep-backup")
     if backup.exists():
@@ -364,14 +382,58 @@ def _node_state(host: str) -> str:
     return res.stdout.strip().lower() if res.returncode == 0 else ""
 
 
-def start(scratch: Path = SCRATCH, timeout: float = 90) -> SlurmCluster:
-    """Start munged (if needed), slurmctld and slurmd; return once the node is idle."""
+def _acquire_lock(scratch: Path, timeout: float) -> int:
+    """flock scratch/session.lock so that two concurrent sessions on one machine take turns (they would
+    share /etc/slurm/slurm.conf and ports 6817/6818) instead of stopping each other's cluster."""
+    fd = os.open(scratch / "session.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                os.close(fd)
+                raise ClusterError(f"another session (pid {holder or '?'}) holds {scratch / 'session.lock'} "
+                                   f"and its cluster; waited {timeout:.0f} s") from None
+            time.sleep(1)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def release(cluster: SlurmCluster) -> None:
+    if cluster.lock_fd is not None:
+        os.close(cluster.lock_fd)  # closing drops the flock
+        cluster.lock_fd = None
+
+
+def start(scratch: Path = SCRATCH, timeout: float = 90, lock_timeout: float | None = None) -> SlurmCluster:
+    """Start munged (if needed), slurmctld and slurmd; return once the node is idle.
+
+    Holds scratch/session.lock until `release(cluster)` (or process exit); a concurrent session waits
+    for it up to `lock_timeout` s (default $GRAINSWEEP_SLURM_LOCK_TIMEOUT or 600).
+    """
     reason = skip_reason()
     if reason:
         raise ClusterError(reason)
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
-    stop(scratch)  # a cluster from an earlier run
+    if lock_timeout is None:
+        lock_timeout = float(os.environ.get("GRAINSWEEP_SLURM_LOCK_TIMEOUT", "600"))
+    lock_fd = _acquire_lock(scratch, lock_timeout)
+    try:
+        cluster = _start_locked(scratch, timeout)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    cluster.lock_fd = lock_fd
+    return cluster
+
+
+def _start_locked(scratch: Path, timeout: float) -> SlurmCluster:
+    stop(scratch)  # a cluster left by an earlier run (pid files)
     for port in (6817, 6818):
         if _port_open(port):
             raise ClusterError(f"port {port} is in use by a process this module did not start (another slurmctld/"
@@ -445,17 +507,35 @@ except ImportError:  # the CLI works without pytest
 
 if pytest is not None:
 
+    # Several test modules import the fixture, so pytest may hold one FixtureDef per module: share one
+    # cluster per process (reference count) instead of restarting it for each module.
+    _SHARED: dict = {"cluster": None, "users": 0}
+
     @pytest.fixture(scope="session")
     def slurm_cluster():
         """A running one-node cluster for the whole test session; stopped (by pid) at the end."""
         reason = skip_reason()
         if reason:
             pytest.skip(reason)
-        cluster = start(SCRATCH)
+        cluster = _SHARED["cluster"]
+        if cluster is None or status(cluster.scratch)["slurmctld"] is None:
+            if cluster is not None:
+                release(cluster)
+            try:
+                cluster = _SHARED["cluster"] = start(SCRATCH)
+            except ClusterError as e:
+                pytest.fail(f"could not start the local SLURM cluster: {e}", pytrace=False)
+        _SHARED["users"] += 1
         try:
             yield cluster
         finally:
-            stop(cluster.scratch)
+            _SHARED["users"] -= 1
+            if _SHARED["users"] == 0:
+                _SHARED["cluster"] = None
+                try:
+                    stop(cluster.scratch)
+                finally:
+                    release(cluster)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -489,4 +569,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # e.g. `status | head`
+        sys.exit(0)

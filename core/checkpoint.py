@@ -1,0 +1,150 @@
+"""Checkpoints: model, optimizer, step/epoch, every global RNG and the caller's extra state, written atomically.
+
+The model is saved from the uncompiled, unwrapped module so keys never carry `_orig_mod.` (torch.compile) or
+`module.` (DDP) prefixes, and a checkpoint loads into compiled and eager models alike. A file is written to a
+temporary name beside its target and renamed with os.replace, so a job killed mid-save (SLURM preemption)
+leaves the previous checkpoint intact and never a truncated one under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = 1  # bump when the layout below changes
+_NAME = re.compile(r"^(?!\.).*?(\d+)\.pt$")  # any "<name><number>.pt"; dot files are temporaries
+
+
+def path_for(run_dir: str | os.PathLike, step: int) -> Path:
+    """The conventional file name for the checkpoint taken at `step`; latest() orders by the number."""
+    return Path(run_dir) / f"ckpt_{step:09d}.pt"
+
+
+def latest(run_dir: str | os.PathLike) -> Path | None:
+    """The `*<number>.pt` file with the highest number in `run_dir` (e.g. ckpt_000000300.pt, epoch0012.pt).
+
+    By the number in the name, not by mtime: clocks differ across nodes. Keep one naming scheme per folder.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
+    return max(found)[1] if found else None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under torch.compile (`_orig_mod`) and DDP/FSDP-style (`module`) wrappers."""
+    while True:
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def save(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+         step: int, epoch: int, extra: dict | None = None) -> Path:
+    """Writes the checkpoint atomically and returns its path. `extra`: plain data (e.g. the loader's state)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": FORMAT,
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": int(step),
+        "epoch": int(epoch),
+        "rng": rng_state(),
+        "extra": extra if extra is not None else {},
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
+
+
+def load(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+         restore_rng: bool = True, map_location: str | torch.device = "cpu", weights_only: bool = True) -> dict:
+    """Restores model, optimizer and RNGs in place; returns {'step', 'epoch', 'extra'}.
+
+    weights_only=True (torch's safe unpickler) works for everything save() writes as long as `extra` holds
+    plain Python values and tensors; pass False only for trusted files whose extra holds other objects.
+    """
+    state = torch.load(path, map_location=map_location, weights_only=weights_only)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this code reads {FORMAT}")
+    unwrap(model).load_state_dict(state["model"])
+    if optimizer is not None:
+        if state["optimizer"] is None:
+            raise ValueError(f"{path}: no optimizer state was saved")
+        _load_optimizer(optimizer, state["optimizer"])
+    if restore_rng:
+        set_rng_state(state["rng"])
+    return {"step": state["step"], "epoch": state["epoch"], "extra": state["extra"]}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, sd: dict) -> None:
+    # load_state_dict replaces each group's lr with a deep copy of the saved one; a compiled step and the
+    # schedule hold the original tensors, so copy the saved values into those and put them back
+    before = [g["lr"] for g in optimizer.param_groups]
+    optimizer.load_state_dict(sd)
+    for g, old in zip(optimizer.param_groups, before):
+        if isinstance(old, torch.Tensor):
+            old.fill_(float(g["lr"]))
+            g["lr"] = old
+
+
+def rng_state() -> dict:
+    """Every global generator's state, as tensors and plain values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    # restore CUDA generators only onto the same number of devices; otherwise the streams cannot match anyway
+    if state["cuda"] is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    # random.setstate needs tuples; a round trip through some serialisers turns them into lists
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _fsync_dir(d: Path) -> None:
+    # makes the rename itself durable; some filesystems refuse to open a directory, which is harmless
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

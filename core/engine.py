@@ -1,0 +1,99 @@
+"""The training and evaluation loops. They receive built objects (model, loaders, optimizer, ...), never the config."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from core.hierarchy import Hierarchy
+from core.loader import BetonLoader, GpuBatches
+from core.metrics import LevelAccuracy
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast settings of a run: bf16/fp16 autocast on CUDA, none (fp32) on CPU unless asked."""
+
+    device_type: str
+    dtype: torch.dtype | None  # None = no autocast
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc1: float
+    images: int
+    seconds: float
+    wait_fraction: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+                loss_fn: Callable, batches: GpuBatches, level: str, set_lr: Callable[[int], float], step: int,
+                precision: Precision, desc: str = "train", on_step: Callable[[int, dict], None] | None = None
+                ) -> tuple[int, EpochStats]:
+    """One pass over `batches`; returns the next global step and the epoch's statistics.
+
+    `set_lr(step)` writes the step's learning rate into the optimizer (a tensor, so compiled code is not
+    re-specialised) and returns it. Loss and accuracy are summed on the device and read once per epoch: a
+    `.item()` per step would wait for the device every step.
+    """
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    seen = 0
+    t0 = time.perf_counter()
+    bar = tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0)
+    for x, targets, _extras in bar:
+        target = targets[level]
+        lr = set_lr(step)
+        with precision.autocast():
+            logits = forward(x)
+        loss = loss_fn(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            hard = target.argmax(1) if target.is_floating_point() else target
+            loss_sum = loss_sum.to(loss.device) + loss.detach().double() * x.shape[0]
+            correct = correct.to(loss.device) + (logits.argmax(1) == hard).sum()
+        seen += x.shape[0]
+        step += 1
+        if on_step is not None:
+            on_step(step, {"lr": lr})
+        elapsed = time.perf_counter() - t0
+        bar.set_postfix_str(f"{seen / max(elapsed, 1e-9):,.0f} img/s", refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    n = max(seen, 1)
+    return step, EpochStats(loss=float(loss_sum) / n, acc1=float(correct) / n, images=seen, seconds=seconds,
+                            wait_fraction=batches.wait_fraction)
+
+
+@torch.no_grad()
+def evaluate(*, forward: Callable[[torch.Tensor], torch.Tensor], loader: BetonLoader,
+             augment: Callable, hierarchy: Hierarchy, level: str, precision: Precision,
+             loss_fn: Callable | None = None, desc: str = "eval") -> dict[str, float]:
+    """Top-1/top-5 at `level` and at every coarser level (fine probabilities summed into coarse classes),
+    on all samples and, where the data marks them (`hard` column), on hard samples."""
+    acc = LevelAccuracy(hierarchy, level)
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0):
+        x, _ = augment(batch.images, None)
+        with precision.autocast():
+            logits = forward(x)
+        logits = logits.float()
+        loss = loss_fn(logits, batch.labels[level]) if loss_fn is not None else None
+        acc.update(logits, batch.labels, hard=batch.extras.get("hard"), loss=loss)
+    return acc.compute()

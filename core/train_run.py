@@ -1,0 +1,261 @@
+"""One training run from a RunConfig: builds the objects, then drives core.engine epoch by epoch.
+
+The run folder gets config.yaml + provenance.json (git SHA), metrics.jsonl (one line per epoch), TensorBoard
+events under tb/, checkpoints under checkpoints/, and result.json once the run has finished (its presence is
+what makes a run "done" for reruns of a sweep).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import checkpoint, config as cfglib, provenance
+from core import hierarchy as hlib
+from core.augment import GpuAugment
+from core.engine import Precision, evaluate, train_epoch
+from core.loader import BetonLoader, GpuBatches, beton_columns, build_loader
+from core.models import build_model, to_channels_last
+from core.optim import build_optimizer
+from core.run_config import RunConfig
+from core.run_log import RunLog
+from core.schedule import LRSchedule, build_loss
+
+RESULT_FILE = "result.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class RunConfigError(cfglib.ConfigError):
+    """A run that cannot start as configured (unknown level, missing data, changed config on resume)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RunConfigError(f"train.device={name!r} but no CUDA device is available")
+    return dev
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" else "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
+    return Precision(device.type, dtype)
+
+
+def resolution_at(epoch: int, end_res: int, progressive: tuple[int, int, int]) -> int:
+    """Linear ramp from progressive[0] px at epoch progressive[1] to end_res at epoch progressive[2], in steps
+    of 8 px (few distinct sizes keep recompiles bounded)."""
+    start, e0, e1 = progressive
+    if start <= 0:
+        return end_res
+    if epoch <= e0:
+        res = start
+    elif epoch >= e1:
+        res = end_res
+    else:
+        res = start + (end_res - start) * (epoch - e0) / max(e1 - e0, 1)
+    return int(max(8, round(res / 8) * 8))
+
+
+def is_done(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / RESULT_FILE).is_file()
+
+
+@dataclass
+class Parts:
+    """Everything a run needs, built from its config."""
+
+    hierarchy: hlib.Hierarchy
+    level: str
+    device: torch.device
+    precision: Precision
+    model: torch.nn.Module
+    forward: Any
+    train_loader: BetonLoader
+    val_loader: BetonLoader
+    train_augment: GpuAugment
+    val_augment: GpuAugment
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    loss_fn: Any
+
+
+def check_data(cfg: RunConfig) -> tuple[hlib.Hierarchy, str]:
+    """The dataset exists and has the level asked for; returns (hierarchy, level name)."""
+    data = Path(cfg.data.path)
+    if not data.is_dir():
+        raise RunConfigError(f"data.path={cfg.data.path!r}: no such dataset folder")
+    for name in ("train.beton", "val.beton"):
+        if not (data / name).is_file():
+            raise RunConfigError(f"data.path={cfg.data.path!r}: missing {name}")
+    h = hlib.load(data)
+    level = cfg.data.level or h.names[0]
+    if level not in h.names:
+        raise RunConfigError(f"data.level={level!r} is not a level of {data}; its levels are {h.names}")
+    return h, level
+
+
+def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None) -> Parts:
+    h, level = check_data(cfg)
+    torch.manual_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    data = Path(cfg.data.path)
+    num_classes = h.level(level).num_classes
+
+    # model
+    if model is None:
+        model = build_model(cfg.model.name, num_classes, cfg.data.resolution, **cfg.model.kwargs)
+    model = model.to(device)
+    if cfg.model.channels_last:
+        model = to_channels_last(model)
+    use_compile = cfg.model.compile == "on" or (cfg.model.compile == "auto" and device.type == "cuda")
+    forward = torch.compile(model) if use_compile else model
+
+    # data
+    extras = ["hard"] if "hard" in beton_columns(data / "val.beton") else []
+    common = dict(num_workers=cfg.data.workers, os_cache=cfg.data.os_cache, distributed=False,
+                  seed=cfg.train.seed, device=device)
+    start_res = resolution_at(0, cfg.data.resolution, cfg.train.progressive)
+    train_loader = build_loader(data / "train.beton", split="train", batch_size=cfg.data.batch_size,
+                                levels=[level], resolution=start_res, order=cfg.data.order, drop_last=True,
+                                scale=cfg.data.scale, **common)
+    if len(train_loader) == 0:
+        raise RunConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
+                             f"({data / 'train.beton'}); with drop_last no step would run")
+    val_loader = build_loader(data / "val.beton", split="val", batch_size=cfg.data.val_batch_size,
+                              levels=h.names[h.index(level):], resolution=cfg.data.val_resolution or
+                              cfg.data.resolution, order="sequential", drop_last=False, extra_columns=extras,
+                              **common)
+    act_dtype = precision.dtype or torch.float32
+    train_augment = GpuAugment(device=device, dtype=act_dtype, flip=cfg.data.flip,
+                               mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha,
+                               num_classes={level: num_classes}, compile=use_compile)
+    val_augment = GpuAugment(device=device, dtype=act_dtype, flip=False, compile=use_compile)
+
+    # optimisation
+    optimizer = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                momentum=cfg.optim.momentum)
+    steps_per_epoch = len(train_loader)
+    schedule = LRSchedule(base_lr=cfg.optim.lr, warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
+                          total_steps=cfg.train.epochs * steps_per_epoch, kind=cfg.optim.schedule,
+                          final_lr_fraction=cfg.optim.final_lr_fraction)
+    return Parts(h, level, device, precision, model, forward, train_loader, val_loader, train_augment,
+                 val_augment, optimizer, schedule, build_loss(cfg.optim.label_smoothing))
+
+
+def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        old = cfglib.to_dict(cfglib.parse(RunConfig, cfglib.read_yaml(saved)))
+        new = cfglib.to_dict(cfg)
+        if old != new:
+            diff = sorted(k for k in _flatten(new) if _flatten(old).get(k) != _flatten(new)[k])
+            raise RunConfigError(f"{run_dir} was started with another config (differs in {diff}); resume with "
+                                 "the same settings or use a new run folder")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, parts: Parts | None = None) -> dict:
+    """Trains (or resumes) the run in `run_dir`; returns the final evaluation. Writes result.json at the end."""
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    last = checkpoint.latest(ckpt_dir) if resume and ckpt_dir.is_dir() else None
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise RunConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or use a new --out")
+    if resume:
+        _check_resume_config(run_dir, cfg)
+    p = parts or build_parts(cfg)
+    start_epoch, step = 0, 0
+    if last is not None:
+        state = checkpoint.load(last, model=p.model, optimizer=p.optimizer)
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+    provenance.record(run_dir, cfg, {"level": p.level, "device": str(p.device)})
+    log = RunLog(run_dir, start_epoch=start_epoch, purge_step=step if step else None)
+    result: dict = {}
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            res = resolution_at(epoch, cfg.data.resolution, cfg.train.progressive)
+            p.train_loader.set_resolution(res)
+            p.train_loader.set_epoch(epoch)
+
+            def set_lr(s: int) -> float:
+                return p.schedule.apply(p.optimizer, s)
+
+            step, stats = train_epoch(
+                forward=p.forward, optimizer=p.optimizer, loss_fn=p.loss_fn,
+                batches=GpuBatches(p.train_loader, p.train_augment), level=p.level, set_lr=set_lr, step=step,
+                precision=p.precision, desc=f"epoch {epoch + 1}/{cfg.train.epochs} {p.level}")
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "resolution": res,
+                                      "lr": p.schedule.lr_at(max(step - 1, 0)), "train_loss": stats.loss,
+                                      "train_acc1": stats.acc1, "images_per_second": stats.images_per_second,
+                                      "data_wait_fraction": stats.wait_fraction,
+                                      "epoch_seconds": stats.seconds, "memory_mb": _memory_mb(p.device)}
+            last_epoch = epoch + 1 == cfg.train.epochs
+            if last_epoch or (epoch + 1) % cfg.train.eval_every == 0:
+                p.model.eval()
+                ev = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
+                              level=p.level, precision=p.precision, loss_fn=p.loss_fn, desc="eval")
+                p.model.train()
+                record.update({f"val/{k}": v for k, v in ev.items()})
+                result = ev
+            if not math.isfinite(stats.loss):
+                raise FloatingPointError(f"training loss is {stats.loss} at epoch {epoch + 1}; lower optim.lr")
+            log.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
+            log.epoch(record)
+            if last_epoch or (epoch + 1) % cfg.train.checkpoint_every == 0:
+                checkpoint.save(ckpt_dir / f"epoch{epoch + 1:04d}.pt", model=p.model, optimizer=p.optimizer,
+                                step=step, epoch=epoch + 1, extra={"level": p.level})
+                _prune(ckpt_dir, cfg.train.keep_checkpoints)
+            print(_summary(record, p.level), flush=True)
+    finally:
+        log.close()
+    if not result:  # resumed after the last epoch's checkpoint: evaluate the final weights
+        p.model.eval()
+        result = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
+                          level=p.level, precision=p.precision, loss_fn=p.loss_fn)
+    final = {"level": p.level, "epochs": cfg.train.epochs, **result}
+    provenance.write_atomic(run_dir / RESULT_FILE, json.dumps(final, indent=1) + "\n")
+    return final
+
+
+def _prune(ckpt_dir: Path, keep: int) -> None:
+    files = sorted(ckpt_dir.glob("epoch*.pt"))
+    for f in files[:-max(keep, 1)]:
+        f.unlink(missing_ok=True)
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss / 2**20
+
+
+def _summary(record: dict, level: str) -> str:
+    parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.3f}",
+             f"train acc {record['train_acc1']:.3f}", f"{record['images_per_second']:,.0f} img/s",
+             f"data wait {record['data_wait_fraction']:.0%}"]
+    for k, v in record.items():
+        if k.startswith("val/acc1"):
+            parts.append(f"{k[4:]} {v:.3f}")
+    return " | ".join(parts)
