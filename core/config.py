@@ -32,11 +32,11 @@ def load(schema: type[T], file: str | Path | None = None, overrides: list[str] |
     """defaults -> `base` (e.g. a preset) -> YAML `file` -> dotted `overrides` ('train.epochs=3')."""
     merged: dict = to_dict(schema())
     if base:
-        merged = _merge(merged, base, "")
+        merged = _merge(merged, base, "", schema)
     if file is not None:
-        merged = _merge(merged, read_yaml(file), "")
+        merged = _merge(merged, read_yaml(file), "", schema)
     for item in overrides:
-        merged = _merge(merged, _override_to_dict(item), "")
+        merged = _merge(merged, _override_to_dict(item), "", schema)
     return parse(schema, merged)
 
 
@@ -74,7 +74,7 @@ def replace(cfg: T, **changes: Any) -> T:
     """dataclasses.replace with the same checks as parsing."""
     data = to_dict(cfg)
     for k, v in changes.items():
-        data = _merge(data, {k: to_dict(v)}, "")
+        data = _merge(data, {k: to_dict(v)}, "", type(cfg))
     return parse(type(cfg), data)
 
 
@@ -99,14 +99,16 @@ def _override_to_dict(item: str) -> dict:
     return out
 
 
-def _merge(base: Any, new: Any, key: str) -> Any:
+def _merge(base: Any, new: Any, key: str, tp: Any = None) -> Any:
+    """Merges `new` into `base`; keys of a dataclass section must exist, keys of a dict-typed field are free."""
     if isinstance(base, dict) and isinstance(new, dict):
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else None
         out = dict(base)
         for k, v in new.items():
             sub = f"{key}.{k}" if key else str(k)
-            if k not in base:
-                raise ConfigError(f"unknown config key {sub!r}; known keys here: {sorted(base)}")
-            out[k] = _merge(base[k], v, sub)
+            if hints is not None and k not in hints:
+                raise ConfigError(f"unknown config key {sub!r}; known keys here: {sorted(hints)}")
+            out[k] = _merge(base.get(k), v, sub, hints.get(k) if hints else None)
         return out
     return new
 

@@ -18,8 +18,9 @@ ffcv facts this module relies on (ffcv 1.0.2 source, site-packages/ffcv):
   Because of `seed + epoch`, seed s at epoch e+1 would replay seed s+1 at epoch e: runs of a seed sweep would
   share their orders shifted by one epoch. We hand ffcv `seed * SEED_STRIDE` for RANDOM so orders of different
   seeds never coincide for epochs < SEED_STRIDE.
-- Only the *order* is reproducible: RandomResizedCrop and RandomHorizontalFlip draw from numba's per-thread
-  np.random, which ffcv never seeds.
+- ffcv's RandomResizedCrop and RandomHorizontalFlip draw from numba's per-thread np.random, which ffcv never
+  seeds; we use core.seeded_crop.SeededRandomResizedCrop (crops a pure function of seed and epoch) and flip
+  on the device.
 - Batches are views into ring buffers of `batches_ahead + 2` slots that ffcv reuses: a batch kept across more
   than about `batches_ahead` further `next()` calls is overwritten. `.clone()` what you keep.
 - `Squeeze()` without a dim squeezes the batch dim too when a (last) batch has one sample: we squeeze dim 1.
@@ -36,11 +37,13 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder,
+from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder,
                                    ResizedCropRGBImageDecoder)
 from ffcv.loader import Loader, OrderOption
 from ffcv.reader import Reader
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor
+
+from core.seeded_crop import SeededRandomResizedCrop
 
 IMAGE_COLUMN = "image"
 VAL_CROP_RATIO = 224 / 256  # centre crop side / short side, the ImageNet convention
@@ -118,11 +121,14 @@ class BetonLoader:
 def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size: int, num_workers: int,
                  levels: Sequence[str], resolution: int, order: Literal["random", "quasi_random", "sequential"],
                  os_cache: bool, distributed: bool, drop_last: bool | None, extra_columns: Sequence[str] = (),
-                 seed: int, device: str | torch.device, flip_on_cpu: bool = True,
+                 seed: int, device: str | torch.device, flip_on_cpu: bool = False,
+                 scale: tuple[float, float] = (0.08, 1.0),
                  batches_ahead: int = 3) -> BetonLoader:
     """A loader over the beton at `path`.
 
-    split: 'train' = RandomResizedCrop (+ RandomHorizontalFlip when `flip_on_cpu`); 'val' = centre crop 224/256.
+    split: 'train' = RandomResizedCrop over `scale` (area fraction), seeded by (seed, epoch) through
+    core.seeded_crop, (+ ffcv's unseeded RandomHorizontalFlip when `flip_on_cpu`; by default the flip is left
+    to the device stage, which draws from torch's seeded generator); 'val' = centre crop 224/256.
     drop_last: None means True for train (fixed shapes for torch.compile) and False for val (every sample).
     extra_columns: further IntFields to return in `Batch.extras`, e.g. ['index', 'hard'].
     seed: orders are a function of (seed, epoch); see the module docstring.
@@ -152,7 +158,7 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     device = torch.device(device)
     res = (int(resolution), int(resolution))
     if split == "train":
-        decoder: ResizedCropRGBImageDecoder = RandomResizedCropRGBImageDecoder(res)
+        decoder: ResizedCropRGBImageDecoder = SeededRandomResizedCrop(res, seed=seed, scale=tuple(scale))
         image_ops: list = [decoder, RandomHorizontalFlip()] if flip_on_cpu else [decoder]
     else:
         decoder = CenterCropRGBImageDecoder(res, ratio=VAL_CROP_RATIO)

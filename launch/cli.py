@@ -8,9 +8,9 @@ import sys
 from core.config import ConfigError
 from core.hierarchy import HierarchyError
 from data_tools.publish import DatasetExistsError
-from launch import cli_convert, cli_tree
+from launch import cli_convert, cli_train, cli_tree
 
-COMMANDS = [cli_convert, cli_tree]
+COMMANDS = [cli_convert, cli_tree, cli_train]
 
 # errors that are the user's input, shown as one line instead of a traceback
 USER_ERRORS = (ConfigError, HierarchyError, DatasetExistsError, FileNotFoundError, NotADirectoryError)

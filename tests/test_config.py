@@ -85,3 +85,18 @@ def test_schema_validation_errors_are_config_errors():
 
     with pytest.raises(ConfigError, match="level_names"):
         cfglib.parse(SyntheticConfig, {"branching": [2, 2], "level_names": ["a", "b", "c"]})
+
+
+@dataclass(frozen=True)
+class WithKwargs:
+    kwargs: dict[str, int] = field(default_factory=dict)
+    train: Train = field(default_factory=Train)
+
+
+def test_dict_fields_take_free_keys_but_sections_do_not():
+    cfg = cfglib.load(WithKwargs, None, ["kwargs.depth=2", "kwargs={width: 3}"])
+    assert cfg.kwargs == {"depth": 2, "width": 3}
+    with pytest.raises(ConfigError, match="kwargs.depth"):
+        cfglib.load(WithKwargs, None, ["kwargs.depth=deep"])
+    with pytest.raises(ConfigError, match="train.depth"):
+        cfglib.load(WithKwargs, None, ["train.depth=2"])
