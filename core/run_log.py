@@ -14,8 +14,8 @@ METRICS_FILE = "metrics.jsonl"
 class RunLog:
     """Appends epoch records to metrics.jsonl and scalars to TensorBoard.
 
-    On resume, `start_epoch` drops records of epochs after the checkpoint (they will be redone), so the file
-    never holds an epoch twice; TensorBoard's `purge_step` does the same for the event files.
+    On resume, `start_epoch` (epochs completed by the checkpoint) drops records of later epochs (they will be
+    redone), so the file never holds an epoch twice; TensorBoard's `purge_step` does the same for the event files.
     """
 
     def __init__(self, run_dir: str | Path, start_epoch: int = 0, purge_step: int | None = None):
@@ -30,7 +30,7 @@ class RunLog:
     def _truncate(self, start_epoch: int) -> None:
         if not self.path.exists():
             return
-        keep = [r for r in read_metrics(self.dir) if r.get("epoch", 0) < start_epoch]
+        keep = [r for r in read_metrics(self.dir) if r.get("epoch", 0) <= start_epoch]  # 1-based: done
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         os.replace(tmp, self.path)

@@ -41,6 +41,7 @@ def test_defaults_file_cli_merge_in_order(tmp_path):
 
 def test_int_is_accepted_where_a_float_is_expected():
     assert cfglib.load(Root, None, ["train.lr=1"]).train.lr == 1.0
+    assert cfglib.load(Root, None, ["train.lr=5e-5"]).train.lr == 5e-5
 
 
 @pytest.mark.parametrize("override, culprit", [
