@@ -29,7 +29,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "resnet10t"  # any timm model name, or 'bmlp' (Scaling-MLPs bottleneck MLP)
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model builder (e.g. depth, width)
-    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile: auto = on for CUDA, off on CPU
+    compile: Literal["auto", "always", "never"] = "auto"  # torch.compile: auto = on CUDA only (CPU compiles are slow)
     channels_last: bool = True
 
 

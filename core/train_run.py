@@ -113,12 +113,15 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None) -> Parts:
     num_classes = h.level(level).num_classes
 
     # model
+    if cfg.train.progressive[0] > 0 and cfg.model.name.startswith("bmlp"):
+        raise RunConfigError("train.progressive needs a model that takes any resolution; the bmlp MLP flattens a "
+                             "fixed image size")
     if model is None:
         model = build_model(cfg.model.name, num_classes, cfg.data.resolution, **cfg.model.kwargs)
     model = model.to(device)
     if cfg.model.channels_last:
         model = to_channels_last(model)
-    use_compile = cfg.model.compile == "on" or (cfg.model.compile == "auto" and device.type == "cuda")
+    use_compile = cfg.model.compile == "always" or (cfg.model.compile == "auto" and device.type == "cuda")
     forward = torch.compile(model) if use_compile else model
 
     # data

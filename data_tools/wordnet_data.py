@@ -181,10 +181,13 @@ def wordnet(dest: str | os.PathLike = DEFAULT_DEST):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data_tools.wordnet_data", description=__doc__.split("\n")[0])
     ap.add_argument("--dest", type=Path, default=DEFAULT_DEST, help=f"nltk data root (default {DEFAULT_DEST})")
+    ap.add_argument("--source", type=Path, default=SOURCE,
+                    help=f"folder with WordNet 3.0's data.*/index.* files (default {SOURCE}, Debian's wordnet-base; "
+                         "elsewhere the dict/ folder of the WordNet 3.0 tarball)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        target = install(args.dest)
+        target = install(args.dest, source=args.source)
     except WordNetDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -121,12 +121,6 @@ def test_resume_after_kill_equals_uninterrupted(tiny_dataset, tmp_path):
     assert epochs == [1, 2, 3, 4]  # no epoch logged twice
 
 
-def test_compiled_path_runs(tiny_dataset, tmp_path):
-    result = train_run.run(run_cfg(tiny_dataset, "train.epochs=1", "model.compile=on", "data.batch_size=16"),
-                           tmp_path / "run")
-    assert 0.0 <= result["acc1/subclass"] <= 1.0 and result["n"] == 48
-
-
 def test_bad_run_configs_name_the_culprit(learnable, tmp_path, capsys):
     out = str(tmp_path / "r")
     assert cli(["train", "--data", str(learnable), "--level", "genus", "--out", out]) == 2
@@ -137,3 +131,16 @@ def test_bad_run_configs_name_the_culprit(learnable, tmp_path, capsys):
     assert "optim.name" in capsys.readouterr().err
     assert cli(["train", "--data", str(learnable), "--out", out, "--set", "data.batch_size=100000"]) == 2
     assert "batch_size" in capsys.readouterr().err
+
+
+def test_progressive_resizing_ramps_resolution(tiny_dataset, tmp_path):
+    """Also the compiled path (model and device stage under torch.compile) with one size change per epoch."""
+    run_dir = tmp_path / "run"
+    cfg = run_cfg(tiny_dataset, "train.epochs=3", "train.progressive=[8, 0, 2]", "data.batch_size=16",
+                  "model.compile=always", model=CNN)
+    train_run.run(cfg, run_dir)
+    res = [json.loads(x)["resolution"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert res == [train_run.resolution_at(e, 16, (8, 0, 2)) for e in range(3)]
+    assert res[0] == 8 and res[-1] == 16 and res == sorted(res)
+    with pytest.raises(cfglib.ConfigError, match="progressive"):
+        train_run.build_parts(run_cfg(tiny_dataset, "train.progressive=[8, 0, 2]"))
