@@ -1,7 +1,8 @@
 """Writes one split to an FFCV .beton: `image`, one IntField per hierarchy level, `index`, extra columns.
 
 A split is any indexable whose item i is (HxWx3 uint8 image, leaf index, {extra column: int}). The `index`
-column is i, the sample's position in its source, so a row can always be traced back (and re-rendered).
+column is the sample's position in its source: `split.source_index(i)` where a split defines it (a source
+whose rejected rows were left out), else i; so a row can always be traced back (and re-rendered).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class _Rows:
 
     def __getitem__(self, i: int) -> tuple:
         image, leaf, extras = self.split[i]
-        return (image, *(int(m[leaf]) for m in self.leaf_maps), int(i), *(int(extras[c]) for c in self.extra))
+        source = self.split.source_index(i) if hasattr(self.split, "source_index") else i
+        return (image, *(int(m[leaf]) for m in self.leaf_maps), int(source),
+                *(int(extras[c]) for c in self.extra))
 
 
 def columns(hierarchy: Hierarchy, extra_columns: Sequence[str]) -> list[str]:

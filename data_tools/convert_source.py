@@ -7,8 +7,8 @@ is written) -> fingerprint the listing and options (convert once) -> decode ever
 
 Every source row ends up either in a beton or in the rejects list (split, path, reason). When the rejects are
 too many, nothing is published and the list is written beside the output as `DIR.rejects.csv`; when they are
-allowed, it lands in `DIR/rejects.csv`. `DIR/{split}_paths.txt` holds, on line i, the source path of the
-beton row whose `index` is i.
+allowed, it lands in `DIR/rejects.csv`. A beton row's `index` is its position in the source split (rejected
+rows leave gaps), and `DIR/{split}_paths.txt` holds, on line i, the source path of row i of the source split.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def convert(kind: str, src: str | Path, out_dir: str | Path, cfg, force: bool = 
             keep = [i for i in range(len(rows)) if (name, i) not in bad]
             if not keep:
                 continue
-            (staging / f"{name}_paths.txt").write_text("".join(rows.refs[i] + "\n" for i in keep))
+            (staging / f"{name}_paths.txt").write_text("".join(ref + "\n" for ref in rows.refs))
             tmp = staging / f".{name}.beton.tmp"
             result.counts[name] = beton.write_split(
                 tmp, RowsSplit(catalog.root, rows, keep, cfg.write.max_resolution), catalog.hierarchy, cfg.write,
@@ -179,6 +179,9 @@ class RowsSplit:
 
     def __len__(self) -> int:
         return len(self.keep)
+
+    def source_index(self, i: int) -> int:
+        return int(self.keep[i])
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int, dict]:
         j = int(self.keep[i])

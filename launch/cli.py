@@ -7,13 +7,27 @@ import sys
 
 from core.config import ConfigError
 from core.hierarchy import HierarchyError
+from data_tools.convert_source import RejectsError
 from data_tools.publish import DatasetExistsError
+from data_tools.sources.catalog import SourceError
+from data_tools.wordnet_data import WordNetDataError
+from data_tools.wordnet_tree import WnidError
 from launch import cli_convert, cli_train, cli_tree
 
 COMMANDS = [cli_convert, cli_tree, cli_train]
 
 # errors that are the user's input, shown as one line instead of a traceback
-USER_ERRORS = (ConfigError, HierarchyError, DatasetExistsError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS = (ConfigError, HierarchyError, DatasetExistsError, FileNotFoundError, NotADirectoryError, SourceError,
+               RejectsError, WnidError, WordNetDataError)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS plus those of heavy modules (ffcv, torch) that this command has imported."""
+    extra = []
+    loader = sys.modules.get("core.loader")
+    if loader is not None:
+        extra.append(loader.BetonError)
+    return USER_ERRORS + tuple(extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"grainsweep {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -179,13 +179,16 @@ def test_max_rejects_lets_it_through_and_every_row_is_accounted_for(odd_source, 
     data = read_rows(out / "train.beton", ["leaf", "group", "index"])
     paths = (out / "train_paths.txt").read_text().splitlines()
     assert len(data["index"]) + len(rejects) == len(GOOD) + len(BAD)  # beton rows + rejects == source rows
-    assert sorted(data["index"]) == list(range(len(GOOD)))
+    names = list({**GOOD, **BAD})
+    assert len(paths) == len(names)  # one line per source row
+    # `index` is the position in the source: the rejected rows' positions are the gaps
+    assert sorted(data["index"]) == sorted(k for k, n in enumerate(names) if n in GOOD)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"] == {"train": len(GOOD)} and manifest["rejects"] == len(BAD)
-    names = list({**GOOD, **BAD})
     for row, i in enumerate(data["index"]):
         name = Path(paths[i]).name
         k = names.index(name)
+        assert k == i
         assert data["leaf"][row] == k and data["group"][row] == k % 2  # classes in first-appearance order
         image, rgb = data["image"][row], GOOD[name][1]
         if rgb is not None:
