@@ -3,10 +3,13 @@
 On disk it is `hierarchy.json` beside the betons:
 
     {"levels": [{"name": "subclass", "classes": [...ids...], "titles": [...names...],
-                 "leaf_to_class": [...one class index per leaf...]}, ...]}
+                 "leaf_to_class": [...one class index per leaf...]}, ...],
+     "derived": ["kmeans32_pixels", ...]}
 
 Level 0 is the leaf level (its `leaf_to_class` is the identity). Every coarser level must nest: the class of a
 leaf at level i+1 is a function of its class at level i. Loading validates that and names the culprit.
+The optional "derived" list names extra labellings stored as sidecars under derived/ (core/derived.py); they
+need not nest and are not levels of this hierarchy. Files without it load as before.
 """
 
 from __future__ import annotations
@@ -40,9 +43,14 @@ class Level:
 @dataclass(frozen=True)
 class Hierarchy:
     levels: tuple[Level, ...]  # finest first
+    derived: tuple[str, ...] = ()  # names of derived levels registered for this dataset (core/derived.py)
 
     def __post_init__(self) -> None:
         validate(self.levels)
+        clash = sorted(set(self.derived) & set(self.names))
+        if clash or len(set(self.derived)) != len(self.derived):
+            raise HierarchyError(f"derived level names must be unique and differ from the levels {self.names}; "
+                                 f"got {list(self.derived)}")
 
     # lookups
     @property
@@ -96,7 +104,8 @@ class Hierarchy:
                 {"name": lv.name, "classes": list(lv.classes), "titles": list(lv.titles),
                  "leaf_to_class": list(lv.leaf_to_class)}
                 for lv in self.levels
-            ]
+            ],
+            **({"derived": list(self.derived)} if self.derived else {}),
         }
 
     @classmethod
@@ -121,7 +130,10 @@ class Hierarchy:
                 default_map = raw["leaf_to_class"]
             l2c = tuple(int(x) for x in raw.get("leaf_to_class", default_map))
             levels.append(Level(name=str(raw["name"]), classes=classes, titles=titles, leaf_to_class=l2c))
-        return cls(levels=tuple(levels))
+        derived = data.get("derived", [])
+        if not isinstance(derived, list) or not all(isinstance(d, str) for d in derived):
+            raise HierarchyError(f"{source}: 'derived' must be a list of level names")
+        return cls(levels=tuple(levels), derived=tuple(derived))
 
     @classmethod
     def from_leaf_paths(cls, names: list[str], paths: list[list[tuple[str, str]]]) -> Hierarchy:

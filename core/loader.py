@@ -4,6 +4,8 @@
   images  uint8 (B, H, W, 3) NHWC on `device` (H = W = the current resolution)
   labels  {level: int64 (B,)} for every requested level, in the order asked
   extras  {column: int64 (B,)} for every requested extra column ('index', 'hard', ...), in the order asked
+A requested level that is not a beton column but a derived level of the dataset (core/derived.py: a sidecar in
+the beton's folder) is served from its `index` column through a lookup table on `device`.
 `GpuBatches` wraps a loader and an augment callable (core.augment.GpuAugment) and measures the fraction of
 wall time spent waiting for data.
 
@@ -35,6 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder,
@@ -43,9 +46,11 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.reader import Reader
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor
 
+from core import derived as derived_lib
 from core.seeded_crop import SeededRandomResizedCrop
 
 IMAGE_COLUMN = "image"
+INDEX_COLUMN = "index"
 VAL_CROP_RATIO = 224 / 256  # centre crop side / short side, the ImageNet convention
 SEED_STRIDE = 2**16  # epochs per seed before RANDOM orders of neighbouring seeds could coincide
 ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM,
@@ -77,8 +82,10 @@ class BetonLoader:
     """
 
     def __init__(self, loader: Loader, decoder: ResizedCropRGBImageDecoder, columns: list[str],
-                 levels: list[str], extra_columns: list[str]) -> None:
+                 levels: list[str], extra_columns: list[str],
+                 derived: dict[str, torch.Tensor] | None = None) -> None:
         self.ffcv = loader
+        self.derived = derived or {}  # derived level -> lookup table (index value -> class) on the device
         self.decoder = decoder
         self._columns = columns  # the enabled columns, in the beton's order (= ffcv's output order)
         self.levels = levels
@@ -114,7 +121,9 @@ class BetonLoader:
     def __iter__(self) -> Iterator[Batch]:
         for out in self.ffcv:
             by_name = dict(zip(self._columns, out))
-            yield Batch(by_name[IMAGE_COLUMN], {lv: by_name[lv] for lv in self.levels},
+            labels = {lv: self.derived[lv][by_name[INDEX_COLUMN]] if lv in self.derived else by_name[lv]
+                      for lv in self.levels}
+            yield Batch(by_name[IMAGE_COLUMN], labels,
                         {c: by_name[c] for c in self.extra_columns})
 
 
@@ -131,6 +140,8 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     to the device stage, which draws from torch's seeded generator); 'val' = centre crop 224/256.
     drop_last: None means True for train (fixed shapes for torch.compile) and False for val (every sample).
     extra_columns: further IntFields to return in `Batch.extras`, e.g. ['index', 'hard'].
+    levels may name derived levels of the dataset in the beton's folder (see the module docstring); the beton's
+    file stem ('train', 'val') picks the sidecar's split.
     seed: orders are a function of (seed, epoch); see the module docstring.
     """
     path = Path(path)
@@ -150,7 +161,8 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
 
     # check the columns against the header before ffcv does anything
     columns = beton_columns(path)
-    missing = [c for c in asked if c not in columns]
+    derived = _derived_tables(path, [lv for lv in levels if lv not in columns], columns)
+    missing = [c for c in asked if c not in columns and c not in derived]
     if missing:
         raise BetonError(f"{path}: no column(s) {missing}; this beton has columns {columns}")
 
@@ -165,7 +177,9 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
         image_ops = [decoder]
     pipelines: dict[str, Any] = {c: None for c in columns}
     pipelines[IMAGE_COLUMN] = [*image_ops, ToTensor(), ToDevice(device, non_blocking=True)]
-    for c in [*levels, *extra_columns]:
+    for c in [*levels, *extra_columns, *([INDEX_COLUMN] if derived else [])]:
+        if c in derived:
+            continue
         pipelines[c] = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]
 
     if drop_last is None:
@@ -174,8 +188,27 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     loader = Loader(str(path), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
                     order=ORDERS[order], distributed=distributed, seed=ffcv_seed, pipelines=pipelines,
                     drop_last=drop_last, batches_ahead=batches_ahead)
-    enabled = [c for c in columns if c in asked]
-    return BetonLoader(loader, decoder, enabled, levels, extra_columns)
+    enabled = [c for c in columns if c in asked or (derived and c == INDEX_COLUMN)]
+    tables = {lv: torch.as_tensor(t, device=device) for lv, t in derived.items()}
+    return BetonLoader(loader, decoder, enabled, levels, extra_columns, tables)
+
+
+def _derived_tables(path: Path, names: list[str], columns: list[str]) -> dict:
+    """Lookup tables (numpy, index value -> class) of the names that are derived levels of path's dataset."""
+    names = [n for n in names if derived_lib.sidecar_path(path.parent, n).is_file()
+             and derived_lib.is_registered(path.parent, n)]
+    if not names:
+        return {}
+    if INDEX_COLUMN not in columns:
+        raise BetonError(f"{path}: derived level(s) {names} need the {INDEX_COLUMN!r} column; this beton has "
+                         f"columns {columns}")
+    reader = Reader(str(path))
+    index = reader.metadata[f"f{columns.index(INDEX_COLUMN)}"].astype(np.int64)
+    out = {}
+    for n in names:
+        out[n] = derived_lib.labels(path.parent, n, path.stem)
+        derived_lib.check_rows(out[n], index, n, path)
+    return out
 
 
 class GpuBatches:

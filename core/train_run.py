@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from core import checkpoint, config as cfglib, provenance
+from core import derived as derived_lib
 from core import hierarchy as hlib
 from core.augment import GpuAugment
 from core.engine import Precision, evaluate, train_epoch
@@ -90,7 +91,10 @@ class Parts:
 
 
 def check_data(cfg: RunConfig) -> tuple[hlib.Hierarchy, str]:
-    """The dataset exists and has the level asked for; returns (hierarchy, level name)."""
+    """The dataset exists and has the level asked for; returns (hierarchy, level name).
+
+    A derived level (core/derived.py) gets the hierarchy it is evaluated in: itself, then the levels it nests
+    under."""
     data = Path(cfg.data.path)
     if not data.is_dir():
         raise RunConfigError(f"data.path={cfg.data.path!r}: no such dataset folder")
@@ -99,6 +103,8 @@ def check_data(cfg: RunConfig) -> tuple[hlib.Hierarchy, str]:
             raise RunConfigError(f"data.path={cfg.data.path!r}: missing {name}")
     h = hlib.load(data)
     level = cfg.data.level or h.names[0]
+    if level not in h.names and level in h.derived:
+        return derived_lib.eval_hierarchy(data, level), level
     if level not in h.names:
         raise RunConfigError(f"data.level={level!r} is not a level of {data}; its levels are {h.names}")
     return h, level
@@ -125,7 +131,8 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None) -> Parts:
     forward = torch.compile(model) if use_compile else model
 
     # data
-    extras = ["hard"] if "hard" in beton_columns(data / "val.beton") else []
+    val_beton = data / derived_lib.eval_beton(data, level)  # val.beton but for a level that labels no val sample
+    extras = ["hard"] if "hard" in beton_columns(val_beton) else []
     common = dict(num_workers=cfg.data.workers, os_cache=cfg.data.os_cache, distributed=False,
                   seed=cfg.train.seed, device=device)
     start_res = resolution_at(0, cfg.data.resolution, cfg.train.progressive)
@@ -135,7 +142,7 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None) -> Parts:
     if len(train_loader) == 0:
         raise RunConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                              f"({data / 'train.beton'}); with drop_last no step would run")
-    val_loader = build_loader(data / "val.beton", split="val", batch_size=cfg.data.val_batch_size,
+    val_loader = build_loader(val_beton, split="val", batch_size=cfg.data.val_batch_size,
                               levels=h.names[h.index(level):], resolution=cfg.data.val_resolution or
                               cfg.data.resolution, order="sequential", drop_last=False, extra_columns=extras,
                               **common)
