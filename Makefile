@@ -49,6 +49,7 @@ test: setup
 demo: setup
 	$(VENV)/bin/grainsweep convert synthetic --out $(DATA)
 	$(VENV)/bin/grainsweep tree $(DATA)
+	$(VENV)/bin/grainsweep sweep default --executor local --report
 
 bench: setup
 	$(PY) -m benchmarks.run

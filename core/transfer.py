@@ -1,0 +1,125 @@
+"""Transfer: start a run on a (coarser) target level from another run's newest checkpoint.
+
+Two modes, as in Hong et al. (arXiv 2303.16887) and the linear-probe literature:
+    full   - every weight trains from the pretrained values; only the classifier is new.
+    linear - the pretrained network is frozen (weights, and normalisation statistics: frozen norm layers stay
+             in eval mode), only a new linear head on its features trains.
+
+The model is built from the source run's config (its name, kwargs and resolution), loaded from the source's
+newest checkpoint, given a new head for the target's classes (`reset_head`), then handed to
+core.train_run.run through `parts`, so the run folder (config.yaml, metrics.jsonl, tb/, checkpoints/,
+result.json) and resume behave exactly as for `grainsweep train`. `transfer.json` in the run folder records
+the source run, its checkpoint and the mode.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+from typing import Literal
+
+from torch import nn
+
+from core import checkpoint, config as cfglib, provenance
+from core.models import build_model
+from core.run_config import RunConfig
+from core.train_run import CHECKPOINT_DIR, RunConfigError, build_parts, check_data, run
+
+MODES = ("full", "linear")
+TRANSFER_FILE = "transfer.json"
+Mode = Literal["full", "linear"]
+
+
+def source_config(source: str | Path) -> RunConfig:
+    """The resolved RunConfig the source run was trained with."""
+    cfg_file = Path(source) / "config.yaml"
+    if not cfg_file.is_file():
+        raise RunConfigError(f"--from {source}: no config.yaml; is this a run folder written by 'grainsweep train'?")
+    return cfglib.load(RunConfig, cfg_file)
+
+
+def source_checkpoint(source: str | Path) -> Path:
+    ckpt_dir = Path(source) / CHECKPOINT_DIR
+    last = checkpoint.latest(ckpt_dir) if ckpt_dir.is_dir() else None
+    if last is None:
+        raise RunConfigError(f"--from {source}: no checkpoint under {ckpt_dir}")
+    return last
+
+
+def transfer_config(source: str | Path, data: str | None, level: str,
+                    overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The source run's settings, retargeted: data.path (default: the source's), data.level, then overrides."""
+    base = cfglib.to_dict(source_config(source))
+    sets = ([f"data.path={data}"] if data else []) + [f"data.level={level}", *overrides]
+    return cfglib.load(RunConfig, None, sets, base=base)
+
+
+def build_transfer_model(source: str | Path, num_classes: int, mode: Mode) -> tuple[nn.Module, Path]:
+    """The source's network with its newest weights and a new `num_classes` head; frozen but the head if linear."""
+    if mode not in MODES:
+        raise RunConfigError(f"mode={mode!r}; choose from {list(MODES)}")
+    src = source_config(source)
+    src_h, src_level = check_data(src)
+    model = build_model(src.model.name, src_h.level(src_level).num_classes, src.data.resolution,
+                        **src.model.kwargs)
+    last = source_checkpoint(source)
+    checkpoint.load(last, model=model, restore_rng=False)
+    before = {id(p) for p in model.parameters()}
+    model.reset_head(num_classes)
+    if mode == "linear":
+        # the head is whatever reset_head created: every parameter that was not there before
+        for p in model.parameters():
+            p.requires_grad_(id(p) not in before)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise RunConfigError(f"{src.model.name}: reset_head created no new parameters to train")
+        _freeze_norm_statistics(model)
+    return model, last
+
+
+def _freeze_norm_statistics(model: nn.Module) -> None:
+    # BatchNorm in train mode would normalise with batch statistics and update its running ones, so the
+    # "frozen" features would still change; a frozen module with running stats stays in eval mode instead
+    for m in model.modules():
+        frozen = not any(p.requires_grad for p in m.parameters(recurse=False))
+        if frozen and getattr(m, "track_running_stats", False):
+            m.train = types.MethodType(lambda self, mode=True: nn.Module.train(self, False), m)
+            m.eval()
+
+
+def finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: Mode = "full",
+             resume: bool = False) -> dict:
+    """Trains `cfg` (see transfer_config) in `out`, starting from `source`; returns the final evaluation."""
+    source, out = Path(source).resolve(), Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise RunConfigError(f"{out} already holds a run; pass --resume to continue it, or use a new --out")
+    h, level = check_data(cfg)
+    model, last = build_transfer_model(source, h.level(level).num_classes, mode)
+    src_cfg = source_config(source)
+    if (src_cfg.model.name, src_cfg.model.kwargs) != (cfg.model.name, cfg.model.kwargs):
+        raise RunConfigError(f"model.name/model.kwargs must stay those of the source run "
+                             f"({src_cfg.model.name} {src_cfg.model.kwargs})")
+    record = {"source": str(source), "source_checkpoint": last.name, "mode": mode,
+              "source_level": check_data(src_cfg)[1], "target_level": level}
+    marker = out / TRANSFER_FILE
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        if {k: old.get(k) for k in ("source", "mode")} != {k: record[k] for k in ("source", "mode")}:
+            raise RunConfigError(f"{out} was started from {old.get('source')} ({old.get('mode')}); resume it "
+                                 "with the same --from and --mode, or use a new --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        provenance.write_atomic(marker, json.dumps(record, indent=1) + "\n")
+    parts = build_parts(cfg, model=model)
+    # the folder now holds transfer.json, so run() is always told to resume: with no checkpoint yet it starts
+    # from epoch 0 (from the source weights); with one it continues from it
+    result = run(cfg, out, resume=True, parts=parts)
+    return result
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["MODES", "TRANSFER_FILE", "build_transfer_model", "finetune", "source_config", "transfer_config",
+           "trainable_parameters"]

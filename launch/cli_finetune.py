@@ -1,0 +1,39 @@
+"""`grainsweep finetune`: transfer a finished run to a (coarser) target level, full fine-tuning or linear probe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="transfer a run to a target level (full fine-tuning or linear probe)",
+                       description="Builds RUN's model from its config.yaml, loads its newest checkpoint, puts a "
+                                   "new head for --level's classes on it and trains on --data (default: RUN's "
+                                   "dataset). --mode linear trains only the head on frozen features. The "
+                                   "settings are RUN's, changed by --set; outputs as for 'grainsweep train', plus "
+                                   "transfer.json naming the source.")
+    p.add_argument("--from", dest="source", required=True, metavar="RUN", help="pretraining run folder")
+    p.add_argument("--data", help="target dataset folder (sets data.path; default: RUN's dataset)")
+    p.add_argument("--level", required=True, help="target label level (sets data.level)")
+    p.add_argument("--mode", choices=["full", "linear"], default="full",
+                   help="full: fine-tune every weight; linear: train a new head on frozen features")
+    p.add_argument("--out", required=True, help="run folder for the transfer")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override of RUN's settings, e.g. train.epochs=5 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the transfer in --out from its last checkpoint")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(run=run_finetune)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from core import config as cfglib
+    from core import transfer
+
+    cfg = transfer.transfer_config(args.source, args.data, args.level, args.overrides)
+    if args.print_config:
+        print(cfglib.to_yaml(cfg), end="")
+        return 0
+    result = transfer.finetune(args.source, cfg, args.out, mode=args.mode, resume=args.resume)
+    print(json.dumps(result, indent=1))
+    return 0

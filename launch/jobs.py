@@ -1,0 +1,65 @@
+"""The job a sweep runs: one run of core (pretraining, transfer or scratch), requeueable on SLURM.
+
+`RunJob` is a submitit Checkpointable: on a preemption or timeout signal submitit calls `checkpoint()`, which
+returns the same call with resume=True; SLURM requeues it and train_run continues from the run folder's newest
+checkpoint (epoch granularity: the epoch in flight is redone). A job whose run is already finished returns its
+result.json at once. Each start appends a line to <sweep>/logs/<run>.starts.jsonl (time, job id, restart count,
+the checkpoint epoch it starts from), which is how a resumed start can be told from a fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import submitit
+
+from launch.plan import JobSpec
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    def __call__(self, spec: JobSpec, resume: bool = False) -> dict:
+        # one compile cache for every job of the sweep, so reruns and requeues do not recompile
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(spec.cache_dir)
+        from core import config as cfglib, train_run, transfer
+        from core.run_config import RunConfig
+
+        run_dir = Path(spec.run_dir)
+        if train_run.is_done(run_dir):
+            return json.loads((run_dir / train_run.RESULT_FILE).read_text())
+        # a folder with a started run is continued (requeue, or a rerun of the sweep after a crash)
+        resume = resume or (run_dir / "config.yaml").is_file() or (run_dir / transfer.TRANSFER_FILE).is_file()
+        _log_start(spec, resume)
+        cfg = cfglib.parse(RunConfig, spec.config)
+        if spec.kind == "transfer":
+            if not train_run.is_done(spec.source):
+                raise RuntimeError(f"{spec.name}: its pretraining run {spec.source} has not finished")
+            return transfer.finetune(spec.source, cfg, run_dir, mode=spec.mode, resume=resume)
+        return train_run.run(cfg, run_dir, resume=resume)
+
+    def checkpoint(self, spec: JobSpec, resume: bool = False) -> submitit.helpers.DelayedSubmission:
+        # nothing to save here: train_run checkpoints every `train.checkpoint_every` epochs
+        return submitit.helpers.DelayedSubmission(self, spec, resume=True)
+
+
+def _log_start(spec: JobSpec, resume: bool) -> None:
+    from core import checkpoint, train_run
+
+    last = checkpoint.latest(Path(spec.run_dir) / train_run.CHECKPOINT_DIR)
+    epoch = int(last.stem.removeprefix("epoch")) if last is not None and last.stem.startswith("epoch") else 0
+    rec = {"time": time.time(), "host": socket.gethostname(), "job_id": os.environ.get("SLURM_JOB_ID", ""),
+           "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", ""),
+           "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0), "resume": resume,
+           "from_epoch": epoch}
+    spec.log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(spec.log_file, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def read_starts(spec: JobSpec) -> list[dict]:
+    if not spec.log_file.is_file():
+        return []
+    return [json.loads(x) for x in spec.log_file.read_text().splitlines() if x.strip()]

@@ -1,0 +1,138 @@
+"""A sweep's report: target accuracy (all samples and hard ones) against the number of pretraining classes.
+
+report.csv - one row per setting: kind (transfer / scratch), mode, pretraining level and its class count,
+             seeds finished, mean and std (over seeds, ddof=1; 0 for one seed) of top-1 on all and hard samples.
+report.md  - the same table, the runs still missing, and the chance level.
+report.png - two panels (all, hard) as in Hong et al.'s figures: accuracy vs pretraining classes (log x), one
+             line per transfer mode with seed error bars; scratch (no pretraining) as a horizontal line with
+             its band; chance as a dotted line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from core.train_run import RESULT_FILE
+from launch.plan import Plan, load_plan
+
+FIELDS = ("kind", "mode", "pretrain_level", "pretrain_classes", "target_level", "target_classes", "seeds",
+          "acc_all_mean", "acc_all_std", "acc_hard_mean", "acc_hard_std")
+
+
+def collect(plan: Plan) -> tuple[list[dict], list[str]]:
+    """(aggregated rows, names of runs without result.json); transfer and scratch runs only."""
+    groups: dict[tuple, list[dict]] = {}
+    missing = []
+    t = plan.target_level
+    for spec in plan.jobs:
+        if spec.kind == "pretrain":
+            continue
+        key = (spec.kind, spec.mode, spec.pretrain_level)
+        groups.setdefault(key, [])
+        path = Path(spec.run_dir) / RESULT_FILE
+        if not path.is_file():
+            missing.append(spec.name)
+            continue
+        res = json.loads(path.read_text())
+        groups[key].append({"seed": spec.seed, "all": res[f"acc1/{t}"], "hard": res.get(f"acc1_hard/{t}")})
+    rows = []
+    for (kind, mode, level), runs in groups.items():
+        alls = [r["all"] for r in runs]
+        hards = [r["hard"] for r in runs if r["hard"] is not None]
+        rows.append({"kind": kind, "mode": mode, "pretrain_level": level,
+                     "pretrain_classes": plan.classes[level] if level else 0, "target_level": t,
+                     "target_classes": plan.classes[t], "seeds": len(runs),
+                     "acc_all_mean": _mean(alls), "acc_all_std": _std(alls),
+                     "acc_hard_mean": _mean(hards), "acc_hard_std": _std(hards)})
+    rows.sort(key=lambda r: (r["kind"] != "scratch", r["mode"], -r["pretrain_classes"]))
+    return rows, missing
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def _std(xs: list[float]) -> float | None:
+    return statistics.stdev(xs) if len(xs) > 1 else (0.0 if xs else None)
+
+
+def write_report(sweep_dir: str | Path) -> dict[str, Path]:
+    sweep_dir = Path(sweep_dir)
+    plan = load_plan(sweep_dir)
+    rows, missing = collect(plan)
+    out = {"csv": sweep_dir / "report.csv", "md": sweep_dir / "report.md", "png": sweep_dir / "report.png"}
+    with open(out["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r[k] is None else round(r[k], 5) if isinstance(r[k], float) else r[k])
+                        for k in FIELDS})
+    out["md"].write_text(_markdown(plan, rows, missing))
+    _plot(plan, rows, out["png"])
+    return out
+
+
+def _fmt(mean: float | None, std: float | None) -> str:
+    return "n/a" if mean is None else f"{100 * mean:.1f} ± {100 * (std or 0):.1f}"
+
+
+def _markdown(plan: Plan, rows: list[dict], missing: list[str]) -> str:
+    t = plan.target_level
+    lines = [f"# Sweep report: {plan.sweep_dir.name}", "",
+             f"Dataset `{plan.dataset}`; target level `{t}` ({plan.classes[t]} classes, chance "
+             f"{100 / plan.classes[t]:.1f}%). Top-1 accuracy on the target, in %, mean ± std over seeds.", "",
+             "| setting | mode | pretraining level | pretraining classes | seeds | all | hard |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        setting = "no pretraining (scratch)" if r["kind"] == "scratch" else (
+            "pretrain on target" if r["pretrain_level"] == t else "pretrain finer")
+        lines.append(f"| {setting} | {r['mode'] or '-'} | {r['pretrain_level'] or '-'} | "
+                     f"{r['pretrain_classes'] or '-'} | {r['seeds']} | {_fmt(r['acc_all_mean'], r['acc_all_std'])} "
+                     f"| {_fmt(r['acc_hard_mean'], r['acc_hard_std'])} |")
+    lines.append("")
+    if missing:
+        lines += [f"Missing ({len(missing)} runs without result.json): " + ", ".join(missing), ""]
+    return "\n".join(lines)
+
+
+def _plot(plan: Plan, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = plan.target_level
+    chance = 1.0 / plan.classes[t]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, which, title in ((axes[0], "all", "all samples"), (axes[1], "hard", "hard samples")):
+        modes = sorted({r["mode"] for r in rows if r["kind"] == "transfer"})
+        for mode in modes:
+            pts = sorted((r for r in rows if r["kind"] == "transfer" and r["mode"] == mode
+                          and r[f"acc_{which}_mean"] is not None), key=lambda r: r["pretrain_classes"])
+            if pts:
+                ax.errorbar([r["pretrain_classes"] for r in pts], [r[f"acc_{which}_mean"] for r in pts],
+                            yerr=[r[f"acc_{which}_std"] for r in pts], marker="o", capsize=3,
+                            label=f"pretrain -> {t} ({mode})")
+                tgt = [r for r in pts if r["pretrain_level"] == t]
+                if tgt:  # the baseline "pretrain directly on the target level"
+                    ax.scatter([tgt[0]["pretrain_classes"]], [tgt[0][f"acc_{which}_mean"]], s=120,
+                               facecolors="none", edgecolors="k", zorder=3)
+        for r in rows:
+            if r["kind"] == "scratch" and r[f"acc_{which}_mean"] is not None:
+                m, s = r[f"acc_{which}_mean"], r[f"acc_{which}_std"] or 0.0
+                ax.axhline(m, color="grey", linestyle="--", label="no pretraining (scratch)")
+                ax.axhspan(m - s, m + s, color="grey", alpha=0.15)
+        ax.axhline(chance, color="k", linestyle=":", linewidth=1, label="chance")
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining classes (log scale)")
+        ax.set_title(f"{t} top-1, {title}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("target accuracy")
+    axes[0].legend(fontsize=8)
+    fig.text(0.99, 0.01, "circled: pretrained on the target level itself", ha="right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,119 @@
+"""The schema of a sweep (`grainsweep sweep`): every default in one place, with its meaning.
+
+A sweep pretrains at each level of `pretrain_levels` for each seed, then transfers each pretrained run to
+`target_level` (one transfer per mode in `transfer.modes`); baselines: training on the target from scratch
+(`scratch.enabled`: `run` + `transfer.set` + `scratch.set`, random init) and pretraining directly on the target level (the
+target level in `pretrain_levels`, added when missing). Job settings are RunConfigs: `run` is the pretraining
+run; `transfer.set` (dotted overrides, as `--set`) changes it for the transfers and the scratch baseline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from core import config as cfglib
+from core.run_config import RunConfig
+
+SWEEPS_DIR = Path(__file__).parent / "sweeps"  # packaged sweep files; `default.yaml` is the default
+EXECUTORS = ("auto", "local", "slurm", "debug")
+_SBATCH_KEY = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    path: str = "data/synthetic"  # dataset folder (train.beton, val.beton, hierarchy.json); relative to the cwd
+    synthetic_preset: str = ""  # '' = `path` must exist; a preset name (tiny|default|large) = convert the
+    # synthetic data into `path` first (convert-once: an identical dataset already there is reused)
+    synthetic_set: tuple[str, ...] = ()  # dotted overrides for that conversion, e.g. 'synthetic.seed=1'
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    modes: tuple[Literal["full", "linear"], ...] = ("full",)  # one transfer job per mode and pretraining run
+    set: tuple[str, ...] = ()  # dotted RunConfig overrides for transfers and scratch runs, e.g. 'train.epochs=5'
+
+
+@dataclass(frozen=True)
+class ScratchConfig:
+    enabled: bool = True  # baseline without pretraining: random init, trained on the target level
+    set: tuple[str, ...] = ()  # dotted overrides on top of `run` + `transfer.set` (e.g. a longer schedule)
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    partition: str = ""  # '' = the cluster's default partition
+    gpus_per_node: int = 0  # GPUs per job
+    cpus_per_task: int = 2  # CPU cores per job (ffcv decode threads + the training process)
+    mem_gb: float = 0.0  # memory per job in GiB; 0 = the partition's default
+    timeout_min: int = 60  # wall-clock limit per job in minutes; a timed-out job is requeued and resumes
+    account: str = ""  # --account; '' = none
+    qos: str = ""  # --qos; '' = none
+    array_parallelism: int = 64  # most tasks of one array running at once
+    max_num_timeout: int = 3  # requeues after timeouts before a job is failed (preemptions are unlimited)
+    additional: dict[str, Any] = field(default_factory=dict)  # more sbatch options, e.g. {constraint: a100}
+    setup: tuple[str, ...] = ()  # shell lines run before each job (module load ..., source venv)
+
+    def __post_init__(self) -> None:
+        for name in ("gpus_per_node", "max_num_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"executor.slurm.{name}={getattr(self, name)} must be >= 0")
+        for name in ("cpus_per_task", "timeout_min", "array_parallelism"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"executor.slurm.{name}={getattr(self, name)} must be >= 1")
+        if self.mem_gb < 0:
+            raise ValueError(f"executor.slurm.mem_gb={self.mem_gb} must be >= 0")
+        for key in self.additional:
+            if not isinstance(key, str) or not _SBATCH_KEY.match(key):
+                raise ValueError(f"executor.slurm.additional.{key}: not an sbatch option name")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    name: Literal["auto", "local", "slurm", "debug"] = "auto"  # auto = slurm if `sbatch` is on PATH, else local
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str = "sweep"  # the default output folder is data/sweeps/<name>
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    target_level: str = ""  # the level transferred to; '' = the coarsest level
+    pretrain_levels: tuple[str, ...] = ()  # () = every level from the finest to the target
+    seeds: tuple[int, ...] = (0, 1, 2)  # one pretraining (and transfer, scratch) run per seed
+    run: RunConfig = field(default_factory=RunConfig)  # the pretraining runs' settings (data.path, data.level
+    # and train.seed are set per job)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds: at least one seed is needed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: {list(self.seeds)} repeats a seed")
+        if not self.transfer.modes:
+            raise ValueError("transfer.modes: at least one mode is needed")
+        if not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
+            raise ValueError(f"name={self.name!r}: use letters, digits, '_', '-' and '.'")
+
+
+def load(file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    """defaults -> `file` (default: launch/sweeps/default.yaml) -> dotted overrides."""
+    return cfglib.load(SweepConfig, file if file is not None else SWEEPS_DIR / "default.yaml", overrides)
+
+
+def sweep_file(name_or_path: str | None) -> Path | None:
+    """A path as given, or the name of a packaged sweep (`default` -> launch/sweeps/default.yaml)."""
+    if name_or_path is None:
+        return None
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
+        return path
+    packaged = SWEEPS_DIR / f"{name_or_path}.yaml"
+    if packaged.is_file():
+        return packaged
+    names = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+    raise cfglib.ConfigError(f"sweep config {name_or_path!r}: no such file, nor a packaged sweep {names}")

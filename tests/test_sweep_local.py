@@ -1,0 +1,159 @@
+"""A whole sweep with the local executor (in-process, real training on the tiny preset): plan, dependencies,
+baselines, idempotent rerun, status, report; and bad configs that fail before anything is submitted."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from core import config as cfglib
+from core import train_run
+from launch import executors, plan as planlib, report, status, sweep, sweep_config
+from launch.cli import main as cli
+
+
+def tiny_sweep(data: Path, *sets: str) -> sweep_config.SweepConfig:
+    """The tiny preset (12 subclasses / 4 classes / 2 superclasses, 16 px), bmlp, 2 epochs everywhere."""
+    return sweep_config.load(None, [
+        "name=tiny", f"dataset.path={data}", "dataset.synthetic_preset=tiny", "dataset.synthetic_set=[workers=1]",
+        "target_level=superclass", "pretrain_levels=[]", "seeds=[0, 1]",
+        "run.data={resolution: 16, batch_size: 16, workers: 1}",
+        "run.model={name: bmlp, kwargs: {depth: 2, width: 32}}", "run.train={epochs: 2, eval_every: 2}",
+        "transfer.modes=[linear]", "transfer.set=[train.epochs=1]", "scratch.set=[train.epochs=2]", *sets])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    cfg = tiny_sweep(root / "data")
+    plan, records = sweep.run_sweep(cfg, root / "sw", executor="local")
+    return cfg, plan, records, root
+
+
+def test_plan_stages_and_baselines(finished):
+    _, plan, _, _ = finished
+    kinds = [(j.kind, j.pretrain_level, j.seed) for j in plan.jobs]
+    levels = ["subclass", "class", "superclass"]
+    assert sorted(k for k in kinds if k[0] == "pretrain") == sorted(("pretrain", lv, s) for lv in levels
+                                                                     for s in (0, 1))
+    assert sorted(k for k in kinds if k[0] == "scratch") == [("scratch", "", 0), ("scratch", "", 1)]
+    transfers = plan.stage(2)
+    assert len(transfers) == 6 and all(j.kind == "transfer" and j.level == "superclass" for j in transfers)
+    assert {j.kind for j in plan.stage(1)} == {"pretrain", "scratch"}
+    by_dir = {j.run_dir: j for j in plan.jobs}
+    for t in transfers:  # each transfer starts from the pretraining run of its own level and seed
+        src = by_dir[t.source]
+        assert (src.kind, src.level, src.seed) == ("pretrain", t.pretrain_level, t.seed)
+    assert len({j.name for j in plan.jobs}) == len(plan.jobs)
+
+
+def test_local_run_finishes_everything_in_dependency_order(finished):
+    _, plan, records, root = finished
+    assert len(records) == 1 and records[0]["executor"] == "local"
+    assert set(records[0]["states"].values()) == {"done"}
+    assert all(train_run.is_done(j.run_dir) for j in plan.jobs)
+    # afterok: every transfer started after its pretraining run had finished
+    from launch.jobs import read_starts
+
+    by_dir = {j.run_dir: j for j in plan.jobs}
+    for t in plan.stage(2):
+        started = read_starts(t)[0]["time"]
+        assert started >= (Path(t.source) / "result.json").stat().st_mtime
+        rec = json.loads((Path(t.run_dir) / "transfer.json").read_text())
+        assert rec["source"] == by_dir[t.source].run_dir
+    # one compile cache for the whole sweep
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(root.resolve() / "sw" / planlib.CACHE_DIR)
+    rows = status.job_states(root / "sw")
+    assert [r["state"] for r in rows] == ["done"] * len(plan.jobs)
+
+
+def test_rerun_submits_nothing(finished, capsys):
+    cfg, plan, _, root = finished
+    before = (root / "sw" / executors.JOBS_FILE).read_text()
+    plan2, records = sweep.run_sweep(cfg, root / "sw", executor="local")
+    assert records == [] and [j.name for j in plan2.jobs] == [j.name for j in plan.jobs]
+    assert (root / "sw" / executors.JOBS_FILE).read_text() == before
+    assert "0 to run" in capsys.readouterr().out
+    # a changed setting is a new run folder for what it touches only
+    plan3 = planlib.plan_sweep(tiny_sweep(root / "data", "transfer.set=[train.epochs=2]"), root / "sw")
+    old = {j.name for j in plan.jobs}
+    assert {j.name for j in plan3.jobs if j.kind == "pretrain"} <= old
+    assert not {j.name for j in plan3.jobs if j.kind == "transfer"} & old
+    # scratch.set fixes train.epochs=2, so the scratch runs' resolved configs (and folders) did not change
+    assert {j.name for j in plan3.jobs if j.kind == "scratch"} <= old
+
+
+def test_report_files_and_rows(finished):
+    _, plan, _, root = finished
+    files = report.write_report(root / "sw")
+    with open(files["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    got = sorted((r["kind"], r["mode"], r["pretrain_level"], r["pretrain_classes"]) for r in rows)
+    assert got == sorted([("scratch", "", "", "0"), ("transfer", "linear", "subclass", "12"),
+                          ("transfer", "linear", "class", "4"), ("transfer", "linear", "superclass", "2")])
+    for r in rows:
+        assert r["seeds"] == "2" and r["target_classes"] == "2"
+        for k in ("acc_all_mean", "acc_hard_mean"):
+            assert 0.0 <= float(r[k]) <= 1.0
+        assert float(r["acc_all_std"]) >= 0.0
+    md = files["md"].read_text()
+    assert md.count("\n| ") == 1 + 4 + 0 and "chance 50.0%" in md  # header row + 4 settings (separator: "|---")
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_status_and_report_cli(finished, capsys):
+    _, plan, _, root = finished
+    assert cli(["status", str(root / "sw")]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(plan.jobs)} runs: {len(plan.jobs)} done" in out
+    assert cli(["report", str(root / "sw")]) == 0
+    assert (root / "sw" / "report.md").is_file()
+
+
+BAD = [
+    (["pretrain_levels=[subclass, genus]"], "pretrain_levels[1]"),
+    (["target_level=genus"], "target_level"),
+    (["dataset.synthetic_preset=''", "dataset.path=/nonexistent/data"], "dataset.path"),
+    (["executor.slurm.gpus_per_node=-1"], "gpus_per_node"),
+    (["executor.slurm.gpu=1"], "executor.slurm.gpu"),
+    (["executor.slurm.additional={'bad key': 1}"], "executor.slurm.additional"),
+    (["executor.slurm.additional={partition: x}"], "executor.slurm.additional.partition"),
+    (["transfer.set=[model.name=resnet10t]"], "transfer.set"),
+    (["transfer.set=[optim.nme=sgd]"], "optim.nme"),
+    (["run.model.name=no_such_model"], "run.model.name"),
+    (["run.data.level=class"], "run.data.level"),
+    (["seeds=[]"], "seeds"),
+    (["run.data.batch_size=100000"], "run.data.batch_size"),
+]
+
+
+# every case with the local executor; the executor-related ones with slurm too (sbatch on PATH, no cluster
+# needed: nothing may reach it)
+@pytest.mark.parametrize("sets, key, executor", [(*b, "local") for b in BAD] +
+                         [(*b, "slurm") for b in BAD if b[0][0].startswith(("executor", "pretrain_levels"))])
+def test_bad_config_fails_before_submission(finished, tmp_path, capsys, sets, key, executor):
+    _, _, _, root = finished
+    if executor == "slurm" and not __import__("shutil").which("sbatch"):
+        pytest.skip("sbatch not on PATH")
+    args = ["sweep", "--executor", executor, "--out", str(tmp_path / "sw"),
+            *[f"--set={s}" for s in ("name=tiny", f"dataset.path={root / 'data'}", "dataset.synthetic_preset=tiny",
+                                     "run.model={name: bmlp, kwargs: {depth: 1, width: 8}}", "run.data.resolution=16",
+                                     "run.data.batch_size=16",
+                                     *sets)]]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert key in err, err
+    assert not (tmp_path / "sw" / executors.JOBS_FILE).exists() and not (tmp_path / "sw" / "runs").exists()
+
+
+def test_sweep_config_file_and_packaged_default(tmp_path):
+    cfg = sweep_config.load(sweep_config.sweep_file("default"))
+    assert cfg.name == "default" and cfg.dataset.synthetic_preset == "default"
+    f = tmp_path / "s.yaml"
+    f.write_text("name: x\nseeds: [3]\nexecutor: {slurm: {partitoin: gpu}}\n")
+    with pytest.raises(cfglib.ConfigError, match="executor.slurm.partitoin"):
+        sweep_config.load(f)
