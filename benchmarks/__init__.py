@@ -1,0 +1,9 @@
+"""Speed measurements of grainsweep, side by side with the obvious alternatives.
+
+One module per benchmark (loader, torchvision_loader, decode_limit, train_step, conversion, sweep_rerun), the
+shared timing/statistics/environment helpers in `measure`, the suite's data in `suite_data`, and the driver in
+`run` (`python -m benchmarks.run` = `make bench`, which writes benchmarks/RESULTS.md).
+
+Benchmarks are not tests: nothing here asserts a speed. tests/test_benchmarks.py only checks that the code runs
+on tiny inputs and that its outputs have the promised shape.
+"""

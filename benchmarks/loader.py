@@ -1,0 +1,117 @@
+"""The project's loader alone: ffcv decode + crop on CPU threads, then the device stage (core.augment.GpuAugment).
+
+`measure_loader` runs `epochs` epochs over DIR/train.beton and drops the first (numba compiles ffcv's pipeline,
+torch.compile compiles the device stage, the page cache fills); the figure is the median images/s over the
+others. Modes, from the full pipeline down to its parts:
+  train   seeded RandomResizedCrop (core.seeded_crop) + GpuAugment (flip, normalise, cast, channels_last):
+          exactly what `grainsweep train` consumes
+  val     centre crop 224/256 + GpuAugment (no flip)
+  crop    train crops copied to the device, no device stage
+  decode  ffcv's SimpleRGBImageDecoder only (full-size decode into the batch, no crop, no copy): the decode
+          limit of ffcv on these cores; needs every image at the same size (the suite's data is)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.measure import load_average, summary, versions, wall_seconds
+
+MODES = ("train", "val", "crop", "decode")
+SCALE = (0.08, 1.0)  # RandomResizedCrop area range, torchvision's and ImageNet's default (same in the baseline)
+
+
+def _device_stage(device: torch.device, compile: str, flip: bool):
+    from core.augment import GpuAugment
+
+    use_compile = compile == "always" or (compile == "auto" and device.type == "cuda")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as `grainsweep train` (precision auto)
+    return GpuAugment(device=device, dtype=dtype, flip=flip, compile=use_compile), use_compile
+
+
+def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int):
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    from core.loader import beton_columns
+
+    pipelines: dict[str, Any] = {c: None for c in beton_columns(path)}
+    pipelines["image"] = [SimpleRGBImageDecoder(), ToTensor()]
+    loader = Loader(str(path), batch_size=batch_size, num_workers=workers, os_cache=True,
+                    order=OrderOption.RANDOM, seed=seed, pipelines=pipelines, drop_last=True)
+
+    def epoch() -> int:
+        n = 0
+        for (images,) in loader:
+            n += images.shape[0]
+        return n
+
+    return epoch
+
+
+def _loader_epochs(path: Path, level: str, mode: str, res: int, batch_size: int, workers: int, seed: int,
+                   device: torch.device, compile: str) -> tuple[Any, bool]:
+    from core.loader import GpuBatches, build_loader
+
+    loader = build_loader(path, split="val" if mode == "val" else "train", batch_size=batch_size,
+                          num_workers=workers, levels=[level], resolution=res,
+                          order="sequential" if mode == "val" else "random", os_cache=True, distributed=False,
+                          drop_last=True, seed=seed, device=device, scale=SCALE)
+    if mode == "crop":
+        def epoch() -> int:
+            n = 0
+            for batch in loader:
+                n += batch.images.shape[0]
+            return n
+        return epoch, False
+    augment, compiled = _device_stage(device, compile, flip=mode == "train")
+
+    def epoch() -> int:
+        n = 0
+        for x, _targets, _extras in GpuBatches(loader, augment):
+            n += x.shape[0]
+        return n
+    return epoch, compiled
+
+
+def measure_loader(data: str | Path, *, res: int, workers: int, batch_size: int, epochs: int,
+                   device: str = "cpu", mode: str = "train", compile: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """Images/s of the project's loader over DIR/train.beton; the first of `epochs` epochs is not counted."""
+    from core import hierarchy as hlib
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if epochs < 2:
+        raise ValueError(f"epochs must be >= 2 (the first is warm-up and not counted), got {epochs}")
+    data = Path(data)
+    path = data / "train.beton"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but CUDA is not available")
+    level = hlib.load(data).names[0]
+    load_before = load_average()
+    if mode == "decode":
+        epoch, compiled = _decode_only_epochs(path, batch_size, workers, seed), False
+    else:
+        epoch, compiled = _loader_epochs(path, level, mode, res, batch_size, workers, seed, dev, compile)
+
+    # warm-up epoch (compiles, page cache), then the measured ones
+    seconds, counts = [], []
+    for e in range(epochs):
+        dt, n = wall_seconds(epoch, dev)
+        if e > 0:
+            seconds.append(dt)
+            counts.append(n)
+    rates = [n / s for n, s in zip(counts, seconds)]
+    stats = summary(rates)
+    return {"benchmark": "loader", "images_per_second": stats["median"], "images_per_second_stats": stats,
+            "epoch_seconds": seconds, "images_per_epoch": counts[0],
+            "settings": {"data": str(data), "mode": mode, "res": None if mode == "decode" else res,
+                         "workers": workers, "batch_size": batch_size, "epochs": epochs, "warmup_epochs": 1,
+                         "device": str(dev), "compiled_device_stage": compiled, "scale": list(SCALE),
+                         "os_cache": True, "seed": seed},
+            "versions": versions(), "load_average": {"before": load_before, "after": load_average()}}

@@ -1,0 +1,354 @@
+"""The benchmark suite (`make bench` = `python -m benchmarks.run`): every figure side by side, in one run, on the
+same files, then benchmarks/RESULTS.md (tables) and benchmarks/results.json (every run's raw figures).
+
+    python -m benchmarks.run                      # CPU profile, this machine
+    python -m benchmarks.run --device cuda        # GPU profile (the lent H100: see RESULTS.md)
+    python -m benchmarks.run --quick --out DIR    # tiny sizes, one repetition: what tests/test_benchmarks.py runs
+
+Every setting of a profile is in PROFILES below, with its unit. Targets are reported as measured ratios, never
+asserted: loader >= 5x the torchvision DataLoader at 224 px on 2 CPU cores; on the GPU, end-to-end ResNet-50
+>= 95% of its on-device-data throughput, and the MLP at 64 px not loader-bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+@dataclass(frozen=True)
+class TrainCase:
+    model: str  # timm name or 'bmlp'
+    res: int  # crop side, px
+    batch_size: int  # images per step
+    model_kwargs: dict = field(default_factory=dict)
+    train_per_leaf: int = 0  # 0 = the suite's dataset; else a smaller one (CPU: few steps for a big model)
+
+
+@dataclass(frozen=True)
+class Profile:
+    preset: str  # synthetic tree ('large' = 144 leaves)
+    image_size: int  # stored image side, px (JPEG q90)
+    train_per_leaf: int  # train images per leaf: 144 leaves x this = images per epoch
+    resolutions: tuple[int, ...]  # crop sides, px, for loader vs torchvision
+    batch_size: int  # loader benchmarks, images per batch
+    loader_epochs: int  # per figure, the first one is warm-up (not counted)
+    decode_passes: int  # cv2 decode passes over the data, the first not counted
+    conversion_runs: int  # conversions of the JPEG folder, the first not counted when > 1
+    train_epochs: int  # measured epochs per side (real / on-device), after one warm-up epoch each
+    train: tuple[TrainCase, ...]
+
+
+PROFILES: dict[str, Profile] = {
+    # tiny everything, one measured repetition: proves the code paths, measures nothing useful
+    "quick": Profile(preset="tiny", image_size=48, train_per_leaf=4, resolutions=(32,), batch_size=8,
+                     loader_epochs=2, decode_passes=2, conversion_runs=1, train_epochs=1,
+                     train=(TrainCase("bmlp", 32, 8, {"depth": 1, "width": 32}),)),
+    # 2 CPU cores: 1,152 images at 256 px; ResNet-50 on 144 images (9 steps of 16) since a CPU step takes seconds
+    "cpu": Profile(preset="large", image_size=256, train_per_leaf=8, resolutions=(64, 160, 224), batch_size=64,
+                   loader_epochs=4, decode_passes=4, conversion_runs=3, train_epochs=2,
+                   train=(TrainCase("bmlp", 64, 64),
+                          TrainCase("resnet50", 160, 16, train_per_leaf=1))),
+    # one H100 + 16 cores: 9,216 images at 256 px, bf16 + torch.compile as `grainsweep train` on CUDA
+    "cuda": Profile(preset="large", image_size=256, train_per_leaf=64, resolutions=(64, 160, 224), batch_size=256,
+                    loader_epochs=5, decode_passes=5, conversion_runs=3, train_epochs=3,
+                    train=(TrainCase("bmlp", 64, 256), TrainCase("resnet50", 160, 256),
+                           TrainCase("resnet50", 192, 256))),
+}
+BENCHMARKS = ("loader_vs_torchvision", "decode_limit", "train_step", "conversion", "sweep_rerun")
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, only: tuple[str, ...],
+              log=print) -> dict[str, Any]:
+    from benchmarks import conversion, decode_limit, loader, suite_data, sweep_rerun, torchvision_loader, train_step
+    from benchmarks.measure import load_average, machine, versions
+
+    results: dict[str, Any] = {"machine": machine(), "versions": versions(), "device": device,
+                               "workers": workers, "profile": asdict(profile), "load_average_start": load_average()}
+    t_start = time.perf_counter()
+
+    # data (reused when identical data is already there)
+    log(f"data: {profile.preset} tree, {profile.image_size} px JPEG, {profile.train_per_leaf} per leaf")
+    data = suite_data.build(data_root, preset=profile.preset, image_size=profile.image_size,
+                            train_per_leaf=profile.train_per_leaf, workers=workers)
+    results["data"] = {"beton_dir": str(data.beton_dir), "image_folder": str(data.image_folder),
+                       "train_images": data.train_images, "image_size": data.image_size,
+                       "synthetic_convert_seconds": data.convert_seconds}
+    common = dict(workers=workers, batch_size=profile.batch_size, epochs=profile.loader_epochs, device=device)
+
+    if "loader_vs_torchvision" in only:
+        rows = []
+        for res in profile.resolutions:
+            log(f"loader vs torchvision at {res} px")
+            ours = loader.measure_loader(data.beton_dir, res=res, mode="train", **common)
+            ours_crop = loader.measure_loader(data.beton_dir, res=res, mode="crop", **common)
+            theirs = torchvision_loader.measure_torchvision(data.image_folder, res=res, **common)
+            rows.append({"res": res, "loader": ours, "loader_crop": ours_crop, "torchvision": theirs,
+                         "ratio": ours["images_per_second"] / theirs["images_per_second"],
+                         "ratio_crop": ours_crop["images_per_second"] / theirs["images_per_second"]})
+        results["loader_vs_torchvision"] = rows
+
+    if "decode_limit" in only:
+        res = max(profile.resolutions)
+        log(f"decode limit (and the loader's parts at {res} px)")
+        results["decode_limit"] = {
+            "res": res,
+            "loader_train": loader.measure_loader(data.beton_dir, res=res, mode="train", **common),
+            "loader_crop_only": loader.measure_loader(data.beton_dir, res=res, mode="crop", **common),
+            "ffcv_decode_only": loader.measure_loader(data.beton_dir, res=res, mode="decode", **common),
+            "cv2_decode": decode_limit.measure_cv2_decode(data.beton_dir, workers=workers,
+                                                          passes=profile.decode_passes)}
+
+    if "train_step" in only:
+        rows = []
+        for case in profile.train:
+            case_data = data.beton_dir
+            if case.train_per_leaf:
+                case_data = suite_data.build(data_root, preset=profile.preset, image_size=profile.image_size,
+                                             train_per_leaf=case.train_per_leaf, workers=workers).beton_dir
+            log(f"train step: {case.model} at {case.res} px, batch {case.batch_size}")
+            rows.append(train_step.measure_train_step(case_data, model=case.model, res=case.res,
+                                                      batch_size=case.batch_size, workers=workers,
+                                                      epochs=profile.train_epochs, device=device,
+                                                      model_kwargs=case.model_kwargs or None))
+        results["train_step"] = rows
+
+    if "conversion" in only:
+        log("conversion of the JPEG folder (grainsweep convert csv)")
+        results["conversion"] = conversion.measure_conversion(data.manifest, workers=workers,
+                                                              runs=profile.conversion_runs,
+                                                              max_resolution=profile.image_size)
+
+    if "sweep_rerun" in only:
+        results["sweep_rerun"] = sweep_rerun.measure_sweep_rerun()
+
+    results["load_average_end"] = load_average()
+    results["suite_seconds"] = time.perf_counter() - t_start
+    return results
+
+
+# report
+def _rate(stats: dict) -> str:
+    return f"{stats['median']:,.0f} ({stats['min']:,.0f}-{stats['max']:,.0f}, n={len(stats['runs'])})"
+
+
+def _load(r: dict) -> str:
+    la = r.get("load_average", {})
+    return f"{la.get('before', [''])[0]} / {la.get('after', [''])[0]}"
+
+
+def _all_loads(node: Any) -> list[float]:
+    """Every 1-min load average recorded anywhere in the results."""
+    if isinstance(node, dict):
+        found = []
+        for k, v in node.items():
+            if k in ("load_average_start", "load_average_end", "before", "after") and isinstance(v, list) and v:
+                found.append(float(v[0]))
+            else:
+                found += _all_loads(v)
+        return found
+    if isinstance(node, list):
+        return [x for v in node for x in _all_loads(v)]
+    return []
+
+
+def render(results: dict[str, Any], command: str, quick: bool) -> str:
+    m, v = results["machine"], results["versions"]
+    cuda = results["device"].startswith("cuda")
+    out = ["# Benchmark results", ""]
+    if quick:
+        out += ["**Quick mode** (tiny sizes, one repetition): these figures check that the suite runs; they "
+                "measure nothing worth quoting.", ""]
+    loads = _all_loads(results)
+    if loads and max(loads) > m["cores_usable"]:
+        out += [f"**Caveat: measured on a shared machine.** The 1-min load average reached {max(loads):.1f} on "
+                f"{m['cores_usable']} usable cores (other jobs were running), so absolute figures are noisy and "
+                "low; ratios of pipelines measured side by side in the same minutes are the more meaningful "
+                "numbers. Rerun on an idle machine before quoting any figure.", ""]
+    out += [f"Command: `{command}`  ",
+            f"Suite time: {results['suite_seconds']:.0f} s. Load average (1 min) at start "
+            f"{results['load_average_start'][:1]}, at end {results['load_average_end'][:1]}; "
+            f"{m['cores_usable']} usable cores. Each figure lists the 1-min load average before / after it.", "",
+            "## Machine and versions", "",
+            f"- CPU: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), RAM {m['ram_gib']} GiB; "
+            f"torch intra-op threads {m['torch_threads']}",
+            f"- GPU: {m['gpu']}; benchmark device: `{results['device']}`; loader workers: {results['workers']}",
+            f"- OS: {m['os']}",
+            "- " + ", ".join(f"{k} {val}" for k, val in v.items()), "",
+            "Figures are medians over the measured runs (epochs, or passes), with min-max and the number of runs "
+            "in brackets; the first epoch of every loader (numba, torch.compile, page cache) is never counted.",
+            ""]
+    d = results["data"]
+    out += [f"Data: {d['train_images']:,} train images of {d['image_size']} px stored as JPEG q90 in "
+            f"`{d['beton_dir']}`; the same JPEG bytes as files in `{d['image_folder']}`.", ""]
+
+    if "loader_vs_torchvision" in results:
+        dev = results["device"]
+        out += ["## Loader vs torchvision DataLoader", "",
+                "grainsweep's loader (ffcv decode + seeded RandomResizedCrop on CPU threads, then the device stage "
+                f"on `{dev}`: flip, normalise, cast, channels_last) vs ImageFolder + PIL + RandomResizedCrop + "
+                "flip + ToTensor + Normalize in DataLoader worker processes; same JPEG bytes, crop size, scale "
+                "(0.08, 1), batch size and worker count. Images/s. 'decode + crop' is the loader without the "
+                "device stage (on a GPU run the stage runs on the GPU, off the CPU cores). Target: >= 5x at 224 px "
+                "on 2 CPU cores.", "",
+                f"| crop px | loader, decode + crop | loader + device stage on {dev} | torchvision DataLoader | "
+                "ratio (decode + crop) | ratio (+ device stage) | load before/after |",
+                "|---|---|---|---|---|---|---|"]
+        for row in results["loader_vs_torchvision"]:
+            out.append(f"| {row['res']} | {_rate(row['loader_crop']['images_per_second_stats'])} | "
+                       f"{_rate(row['loader']['images_per_second_stats'])} | "
+                       f"{_rate(row['torchvision']['images_per_second_stats'])} | {row['ratio_crop']:.1f}x | "
+                       f"{row['ratio']:.1f}x | {_load(row['loader'])}, {_load(row['torchvision'])} |")
+        out.append("")
+        if not dev.startswith("cuda"):
+            out += ["On CPU the device stage runs eagerly on the same 2 cores as the decode threads (torch.compile "
+                    "is off on CPU, as in `grainsweep train`): at 224 px, batch 64, it took about 160 ms a "
+                    "batch eager and 60 ms compiled (timed by hand on 2 cores at load 1, 2026-11-23), so it "
+                    "dominates the CPU figure. The 'decode + crop' column is the one to compare with a GPU run's "
+                    "CPU side.", ""]
+
+    if "decode_limit" in results:
+        dl = results["decode_limit"]
+        limit = dl["cv2_decode"]["images_per_second"]
+        out += ["## Loader vs the decode limit", "",
+                f"The same JPEGs (mean {dl['cv2_decode']['mean_jpeg_bytes'] / 1024:.1f} KiB), the same cores. "
+                f"Crops at {dl['res']} px. Share = figure / cv2 decode.", "",
+                "| pipeline | images/s | share of decode limit | load before/after |", "|---|---|---|---|"]
+        names = [("loader_train", "grainsweep loader (decode + crop + device stage)"),
+                 ("loader_crop_only", "grainsweep loader without device stage (decode + crop)"),
+                 ("ffcv_decode_only", "ffcv SimpleRGBImageDecoder only (full-size decode)"),
+                 ("cv2_decode", "cv2.imdecode in a thread pool (decode only, no batching)")]
+        for key, label in names:
+            r = dl[key]
+            out.append(f"| {label} | {_rate(r['images_per_second_stats'])} | "
+                       f"{r['images_per_second'] / limit:.0%} | {_load(r)} |")
+        out.append("")
+
+    if "train_step" in results:
+        out += ["## Training with the real loader vs data already on the device", "",
+                "Same model, compile, precision and device stage (built by core.train_run.build_parts); the "
+                "on-device side replays one batch kept on the device. Loader cost = 1 - real / on-device. "
+                "Targets (GPU): ResNet-50 real >= 95% of on-device; the MLP at 64 px not loader-bound.", "",
+                "| model | px | batch | steps/epoch | real loader img/s | on-device img/s | real/on-device | "
+                "data wait | load before/after |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in results["train_step"]:
+            s = r["settings"]
+            out.append(f"| {r['model']}{' ' + str(s['model_kwargs']) if s['model_kwargs'] else ''} | {s['res']} | "
+                       f"{s['batch_size']} | {s['steps_per_epoch']} | {_rate(r['real_loader'])} | "
+                       f"{_rate(r['on_device'])} | {r['real_over_on_device']:.0%} | "
+                       f"{r['data_wait_fraction']['median']:.0%} | {_load(r)} |")
+        out += ["", f"Precision {results['train_step'][0]['settings']['precision']}, compiled: "
+                    f"{results['train_step'][0]['settings']['compiled']}. On CPU the loader's threads and the model's "
+                    "compute share the same cores, so a CPU row says little about a GPU run: read CPU rows as a "
+                    "check that the path works; the GPU rows are the figures that matter.", ""]
+
+    if "conversion" in results:
+        c = results["conversion"]
+        out += ["## Conversion", "",
+                f"`grainsweep convert csv` of the {c['images']:,} JPEG files into a beton (JPEG q90, "
+                f"{c['settings']['max_resolution']} px), {c['settings']['workers']} processes. Images/s.", "",
+                "| stage | images/s |", "|---|---|",
+                f"| decoding pre-pass (reject check) | {_rate(c['check_pass'])} |",
+                f"| beton writer | {_rate(c['write_pass'])} |",
+                f"| whole conversion | {_rate(c['overall'])} |", ""]
+        if d.get("synthetic_convert_seconds"):
+            out += [f"The synthetic data itself (render + write, {d['train_images']:,} train images + val) took "
+                    f"{d['synthetic_convert_seconds']:.1f} s to build in this run.", ""]
+
+    if "sweep_rerun" in results:
+        out += ["## Sweep rerun and compile cache (TODO)", "",
+                results["sweep_rerun"]["note"].capitalize() + ".", ""]
+
+    out += ["## How to run on the lent GPU", "",
+            "The device tool copies the working tree plus the carried `.gpu-bundle` (made by "
+            "`/work/shared/device/make-gpu-bundle.sh`); on the GPU machine, from the repository root:", "",
+            "```bash", "source .gpu-bundle/activate && python -m benchmarks.run --device cuda", "```", "",
+            "This uses the `cuda` profile (9,216 images at 256 px, batch 256, all cores as loader workers, bf16 "
+            "and torch.compile as in `grainsweep train`), rebuilds the data under `data/bench/` (a few minutes "
+            "on 16 cores) and rewrites this file; bring it back through `$OUT` "
+            "(`... --results $OUT/RESULTS.md --json $OUT/results.json`). Under the device tool's 10-minute limit "
+            "per command, run it in parts that add up in one report, keeping the raw figures in the ignored "
+            "`data/bench/` (kept between calls on a warm machine): first `--only "
+            "loader_vs_torchvision,decode_limit,conversion --json data/bench/results-cuda.json --results "
+            "$OUT/RESULTS.md`, then `--only train_step --merge` with the same two paths, and copy "
+            "`data/bench/results-cuda.json` to `$OUT`. One loader figure alone: "
+            "`grainsweep bench loader --data data/bench/large-256px-64perleaf --res 224 --workers 16 "
+            "--batch-size 256 --epochs 5 --device cuda`.", ""]
+    if not cuda:
+        out += ["**GPU figures: not measured yet.** Everything above ran on the CPU; the GPU targets (ResNet-50 "
+                ">= 95% of on-device throughput, MLP at 64 px not loader-bound) need the run above.", ""]
+    return "\n".join(out)
+
+
+def merge(results: dict[str, Any], earlier: dict[str, Any], only: tuple[str, ...]) -> None:
+    """Adds to `results` the benchmarks of an earlier run of the same device and profile that this run skipped."""
+    same_profile = earlier.get("profile") == json.loads(json.dumps(results["profile"]))  # tuples became lists
+    if earlier.get("device") != results["device"] or not same_profile:
+        print("--merge: the earlier results are from another device or profile; not merged", file=sys.stderr)
+        return
+    results.update({k: earlier[k] for k in BENCHMARKS if k in earlier and k not in only})
+    results["command"] = f"{earlier['command']} ; {results['command']}"
+    results["load_average_start"] = earlier.get("load_average_start", results["load_average_start"])
+    results["suite_seconds"] += earlier.get("suite_seconds", 0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (for tests)")
+    p.add_argument("--workers", type=int, default=0, help="loader workers; 0 = the usable CPU cores")
+    p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
+    p.add_argument("--data-root", default=str(REPO / "data" / "bench"), help="where the suite's data is built")
+    p.add_argument("--results", default=str(HERE / "RESULTS.md"), help="the Markdown report to write")
+    p.add_argument("--json", default=str(HERE / "results.json"), help="every run's raw figures")
+    p.add_argument("--render-only", action="store_true",
+                   help="measure nothing: rewrite --results from the figures already in --json")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the figures of --json that this run does not measure (same device and profile), "
+                        "so the suite can be run in parts, e.g. under a per-command time limit")
+    args = p.parse_args(argv)
+    only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+    unknown = sorted(set(only) - set(BENCHMARKS))
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}")
+    if args.render_only:
+        results = json.loads(Path(args.json).read_text())
+        Path(args.results).write_text(render(results, results["command"], results.get("quick", False)))
+        print(f"wrote {args.results} from {args.json}")
+        return 0
+    profile = PROFILES["quick" if args.quick else args.device]
+    workers = args.workers or default_workers()
+    if args.quick:
+        workers = min(workers, 2)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the engine's progress bars would flood the log
+    command = "python -m benchmarks.run" + ("" if not argv else " " + " ".join(argv))
+    results = run_suite(device=args.device, profile=profile, workers=workers, data_root=Path(args.data_root),
+                        only=only, log=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
+    results["command"] = command
+    results["quick"] = args.quick
+    if args.merge and Path(args.json).is_file():
+        merge(results, json.loads(Path(args.json).read_text()), only)
+    command = results["command"]
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(render(results, command, args.quick))
+    Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.results} and {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

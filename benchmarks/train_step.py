@@ -1,0 +1,119 @@
+"""Training throughput with the real loader vs the same model on data already on the device.
+
+Both sides are built by `core.train_run.build_parts` from one RunConfig and run `core.engine.train_epoch`, so
+model, compile, precision, optimizer and device stage are exactly those of `grainsweep train`. The real side
+iterates `GpuBatches(train_loader, train_augment)`; the on-device side replays one batch (captured from the
+loader and kept on the device) through the same device stage for the same number of steps: its throughput is
+what the model could do if loading cost nothing. `loader_cost = 1 - real / on_device` is the fraction of
+throughput lost to data loading.
+
+Epochs alternate real / on-device so that a change of machine load hits both sides alike; the first epoch of
+each side (torch.compile, numba, page cache) is not counted. Epochs are timed with CUDA events on CUDA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.measure import device_seconds, load_average, summary, versions
+
+
+class _CaptureFirst:
+    """A BetonLoader that keeps a device copy of its first batch (ffcv reuses its buffers, hence the clone)."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+        self.first = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for batch in self.loader:
+            if self.first is None:
+                self.first = (batch.images.clone(), {k: v.clone() for k, v in batch.labels.items()})
+            yield batch
+
+
+class OnDeviceBatches:
+    """GpuBatches' interface over one batch already on the device, replayed `steps` times (no loading)."""
+
+    wait_fraction = 0.0
+
+    def __init__(self, images: torch.Tensor, labels: dict[str, torch.Tensor], augment, steps: int) -> None:
+        self.images, self.labels, self.augment, self.steps = images, labels, augment, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator:
+        for _ in range(self.steps):
+            x, targets = self.augment(self.images, self.labels)
+            yield x, targets, {}
+
+
+def run_config(data: str | Path, *, model: str, res: int, batch_size: int, workers: int, device: str,
+               compile: str, epochs: int, model_kwargs: dict | None = None):
+    from core import config as cfglib
+    from core.run_config import RunConfig
+
+    sets = [f"data.path={data}", f"model.name={model}", f"data.resolution={res}", f"data.batch_size={batch_size}",
+            f"data.workers={workers}", f"train.device={device}", f"model.compile={compile}",
+            f"train.epochs={epochs}"]
+    if model_kwargs:
+        sets.append("model.kwargs={" + ", ".join(f"{k}: {v}" for k, v in model_kwargs.items()) + "}")
+    return cfglib.load(RunConfig, None, sets)
+
+
+def measure_train_step(data: str | Path, *, model: str, res: int, batch_size: int, workers: int, epochs: int,
+                       device: str = "cpu", compile: str = "auto", model_kwargs: dict | None = None
+                       ) -> dict[str, Any]:
+    """Images/s of training with the real loader and with on-device data, `epochs` measured epochs each."""
+    from core.engine import train_epoch
+    from core.loader import GpuBatches
+    from core.train_run import build_parts
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1 (one more per side is run first as warm-up), got {epochs}")
+    cfg = run_config(data, model=model, res=res, batch_size=batch_size, workers=workers, device=device,
+                     compile=compile, epochs=2 * (epochs + 1), model_kwargs=model_kwargs)
+    p = build_parts(cfg)
+    dev = p.device
+    source = _CaptureFirst(p.train_loader)
+    step = 0
+
+    def epoch(batches) -> tuple[int, Any]:
+        nonlocal step
+        step, stats = train_epoch(forward=p.forward, optimizer=p.optimizer, loss_fn=p.loss_fn, batches=batches,
+                                  level=p.level, set_lr=lambda s: p.schedule.apply(p.optimizer, s), step=step,
+                                  precision=p.precision, desc=f"bench {model}")
+        return stats.images, stats
+
+    load_before = load_average()
+    real, on_device, wait = [], [], []
+    for e in range(epochs + 1):
+        # real loader, then the same number of steps on the captured batch
+        dt, (n, stats) = device_seconds(lambda: epoch(GpuBatches(source, p.train_augment)), dev)
+        if e > 0:
+            real.append(n / dt)
+            wait.append(stats.wait_fraction)
+        images, labels = source.first
+        dt, (n, _) = device_seconds(lambda: epoch(OnDeviceBatches(images, labels, p.train_augment,
+                                                                  len(p.train_loader))), dev)
+        if e > 0:
+            on_device.append(n / dt)
+    r, d = summary(real), summary(on_device)
+    return {"benchmark": "train_step", "model": model, "images_per_second": r["median"],
+            "real_loader": r, "on_device": d, "real_over_on_device": r["median"] / d["median"],
+            "loader_cost": 1.0 - r["median"] / d["median"], "data_wait_fraction": summary(wait),
+            "settings": {"data": str(data), "model": model, "model_kwargs": model_kwargs or {}, "res": res,
+                         "batch_size": batch_size, "workers": workers, "steps_per_epoch": len(p.train_loader),
+                         "epochs": epochs, "warmup_epochs": 1, "device": str(dev),
+                         "compiled": p.forward is not p.model,
+                         "precision": str(p.precision.dtype) if p.precision.dtype else "fp32",
+                         "channels_last": cfg.model.channels_last},
+            "versions": versions(), "load_average": {"before": load_before, "after": load_average()}}

@@ -1,0 +1,78 @@
+"""`grainsweep bench loader`: speed of the project's loader alone (the whole suite is `make bench`).
+
+`bench loader` prints a one-line summary, then, as its last line, one JSON object (images_per_second, its
+median/spread over the measured epochs, the settings, versions, load average), so scripts can read
+`... | tail -n 1`. The suite, `python -m benchmarks.run`, is not a sub-command: it is a development tool of a
+checkout (benchmarks/ is not installed) and writes benchmarks/RESULTS.md there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: the loader alone (the suite: make bench)",
+                       description="Speed measurements; the whole suite is 'make bench' "
+                                   "(python -m benchmarks.run), see benchmarks/RESULTS.md.")
+    kinds = p.add_subparsers(dest="bench_kind", required=True, metavar="KIND")
+    ld = kinds.add_parser("loader", help="images/s of the loader alone (decode + crop + device stage)",
+                          description="Iterates DIR/train.beton for --epochs epochs through the training "
+                                      "loader and the device stage; the first epoch (compiles, page cache) "
+                                      "is not counted. The last line printed is a JSON object.")
+    ld.add_argument("--data", required=True, help="dataset folder written by 'grainsweep convert'")
+    ld.add_argument("--res", type=int, default=224, help="crop side in pixels (default 224)")
+    ld.add_argument("--workers", type=int, default=2, help="ffcv decode threads (default 2)")
+    ld.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    ld.add_argument("--epochs", type=int, default=4, help="epochs to run, the first not counted (default 4)")
+    ld.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the device stage runs")
+    ld.add_argument("--mode", choices=["train", "val", "crop", "decode"], default="train",
+                    help="train: random crops + device stage (default); val: centre crop + device stage; "
+                         "crop: random crops, no device stage; decode: ffcv's full-size decode only")
+    ld.add_argument("--compile", choices=["auto", "always", "never"], default="auto",
+                    help="torch.compile the device stage (auto: on CUDA only, as 'grainsweep train')")
+    ld.add_argument("--seed", type=int, default=0)
+    ld.set_defaults(run=run_loader)
+
+
+def _benchmarks(module: str):
+    """Imports benchmarks.<module>. benchmarks/ sits beside launch/ but is not an installed package (pyproject
+    installs core, data_tools and launch only), so the console script may not see it: fall back to the
+    checkout this file belongs to."""
+    try:
+        return importlib.import_module(f"benchmarks.{module}")
+    except ModuleNotFoundError as e:
+        if e.name != "benchmarks":
+            raise
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        return importlib.import_module(f"benchmarks.{module}")
+
+
+def run_loader(args: argparse.Namespace) -> int:
+    if args.epochs < 2:
+        print("grainsweep bench: error: --epochs must be >= 2 (the first epoch is warm-up and not counted)",
+              file=sys.stderr)
+        return 2
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("grainsweep bench: error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    data = Path(args.data)
+    if not (data / "train.beton").is_file():
+        raise FileNotFoundError(f"{data}: no train.beton (write one with 'grainsweep convert')")
+    result = _benchmarks("loader").measure_loader(data, res=args.res, workers=args.workers,
+                                                  batch_size=args.batch_size, epochs=args.epochs,
+                                                  device=args.device, mode=args.mode, compile=args.compile,
+                                                  seed=args.seed)
+    s = result["images_per_second_stats"]
+    print(f"loader ({args.mode}, {args.res} px, {args.workers} workers, batch {args.batch_size}, {args.device}): "
+          f"{s['median']:,.0f} img/s median over {len(s['runs'])} epochs (min {s['min']:,.0f}, "
+          f"max {s['max']:,.0f}); load average {result['load_average']['after']}", flush=True)
+    print(json.dumps(result), flush=True)
+    return 0
+

@@ -1,0 +1,94 @@
+"""The benchmark code runs on tiny inputs and its outputs have the promised shape. No speed is asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import loader as loader_bench
+from benchmarks import run as bench_run
+from benchmarks.measure import summary
+from launch import cli
+
+
+def _last_json_line(text: str) -> dict:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert lines, "nothing printed"
+    return json.loads(lines[-1])
+
+
+def test_bench_loader_cli_prints_json_as_last_line(tiny_dataset, capsys):
+    rc = cli.main(["bench", "loader", "--data", str(tiny_dataset), "--res", "16", "--workers", "1",
+                   "--batch-size", "8", "--epochs", "3"])
+    assert rc == 0
+    out = _last_json_line(capsys.readouterr().out)
+    assert out["images_per_second"] > 0
+    stats = out["images_per_second_stats"]
+    assert set(stats) >= {"median", "min", "max", "spread", "runs"}
+    assert len(stats["runs"]) == 2  # 3 epochs, the first not counted
+    assert out["settings"]["res"] == 16 and out["settings"]["warmup_epochs"] == 1
+    assert {"python", "torch", "ffcv", "numba", "timm", "torchvision"} <= set(out["versions"])
+    assert out["images_per_epoch"] == 96  # the tiny preset's 96 train images, 12 batches of 8
+
+
+@pytest.mark.parametrize("mode", loader_bench.MODES)
+def test_measure_loader_every_mode(tiny_dataset, mode):
+    out = loader_bench.measure_loader(tiny_dataset, res=16, workers=1, batch_size=16, epochs=2, mode=mode)
+    assert out["images_per_second"] > 0 and out["settings"]["mode"] == mode
+
+
+def test_bench_loader_refuses_a_single_epoch(tiny_dataset, capsys):
+    rc = cli.main(["bench", "loader", "--data", str(tiny_dataset), "--epochs", "1"])
+    assert rc == 2
+    assert "--epochs" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_bench_loader_cuda_without_cuda_is_a_one_line_error(tiny_dataset, capsys):
+    rc = cli.main(["bench", "loader", "--data", str(tiny_dataset), "--device", "cuda"])
+    assert rc == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_summary_median_and_spread():
+    s = summary([1.0, 3.0, 2.0])
+    assert (s["median"], s["min"], s["max"]) == (2.0, 1.0, 3.0)
+    assert s["spread"] == pytest.approx(1.0)
+
+
+def test_quick_suite_writes_results_of_every_benchmark(tmp_path):
+    results, report = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    rc = bench_run.main(["--quick", "--data-root", str(tmp_path / "data"), "--results", str(results),
+                         "--json", str(report)])
+    assert rc == 0
+    raw = json.loads(report.read_text())
+    assert {"machine", "versions", "command", "data", *bench_run.BENCHMARKS} <= set(raw)
+    for row in raw["loader_vs_torchvision"]:
+        assert row["loader"]["images_per_second"] > 0 and row["torchvision"]["images_per_second"] > 0
+        assert row["ratio"] > 0 and row["ratio_crop"] > 0
+    for key in ("loader_train", "loader_crop_only", "ffcv_decode_only", "cv2_decode"):
+        assert raw["decode_limit"][key]["images_per_second"] > 0
+    for row in raw["train_step"]:
+        assert row["real_loader"]["median"] > 0 and row["on_device"]["median"] > 0
+        assert 0.0 <= row["data_wait_fraction"]["median"] <= 1.0
+    assert raw["conversion"]["images"] == raw["data"]["train_images"]
+    assert raw["sweep_rerun"]["status"] == "todo"
+    text = results.read_text()
+    for heading in ("## Machine and versions", "## Loader vs torchvision DataLoader",
+                    "## Loader vs the decode limit", "## Training with the real loader", "## Conversion",
+                    "## Sweep rerun", "## How to run on the lent GPU"):
+        assert heading in text
+    assert "not measured yet" in text and "Quick mode" in text
+    # a partial rerun with --merge keeps the figures it did not measure
+    assert bench_run.main(["--quick", "--only", "sweep_rerun", "--merge", "--data-root", str(tmp_path / "data"),
+                           "--results", str(results), "--json", str(report)]) == 0
+    merged = json.loads(report.read_text())
+    assert merged["loader_vs_torchvision"] == raw["loader_vs_torchvision"]
+    assert merged["command"].count("python -m benchmarks.run") == 2
+    text = results.read_text()
+    # the report is a function of the raw figures alone
+    results.unlink()
+    assert bench_run.main(["--render-only", "--results", str(results), "--json", str(report)]) == 0
+    assert results.read_text() == text
