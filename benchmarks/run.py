@@ -240,7 +240,7 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
     if "train_step" in results:
         out += ["## Training with the real loader vs data already on the device", "",
                 "Same model, compile, precision and device stage (built by core.train_run.build_parts); the "
-                "on-device side replays one batch kept on the device. Loader cost = 1 - real / on-device. "
+                "on-device side trains on the warm-up epoch's batches, kept on the device. Loader cost = 1 - real / on-device. "
                 "Targets (GPU): ResNet-50 real >= 95% of on-device; the MLP at 64 px not loader-bound.", "",
                 "| model | px | batch | steps/epoch | real loader img/s | on-device img/s | real/on-device | "
                 "data wait | load before/after |", "|---|---|---|---|---|---|---|---|---|"]

@@ -2,9 +2,9 @@
 
 Both sides are built by `core.train_run.build_parts` from one RunConfig and run `core.engine.train_epoch`, so
 model, compile, precision, optimizer and device stage are exactly those of `grainsweep train`. The real side
-iterates `GpuBatches(train_loader, train_augment)`; the on-device side replays one batch (captured from the
-loader and kept on the device) through the same device stage for the same number of steps: its throughput is
-what the model could do if loading cost nothing. `loader_cost = 1 - real / on_device` is the fraction of
+iterates `GpuBatches(train_loader, train_augment)`; the on-device side trains on the batches of the first
+(warm-up) epoch, copied and kept on the device, through the same device stage: its throughput is what the
+model could do if loading cost nothing (memory: one epoch of uint8 crops, e.g. 9,216 x 192^2 x 3 = 1 GB). `loader_cost = 1 - real / on_device` is the fraction of
 throughput lost to data loading.
 
 Epochs alternate real / on-device so that a change of machine load hits both sides alike; the first epoch of
@@ -22,37 +22,43 @@ import torch
 from benchmarks.measure import device_seconds, load_average, summary, versions
 
 
-class _CaptureFirst:
-    """A BetonLoader that keeps a device copy of its first batch (ffcv reuses its buffers, hence the clone)."""
+class _CaptureEpoch:
+    """A BetonLoader that keeps a device copy of every batch of its first epoch (ffcv reuses its buffers, hence
+    the clones): the on-device side then trains on the same real batches, as airbench keeps its data on the GPU.
+    Replaying a single batch instead made CPU steps 1.5-3x slower than real ones here (timed per step, data
+    excluded; flush-to-zero and one thread did not remove it; the cause is not pinned down), which would turn
+    the comparison upside down."""
 
     def __init__(self, loader) -> None:
         self.loader = loader
-        self.first = None
+        self.batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        self.done = False
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator:
         for batch in self.loader:
-            if self.first is None:
-                self.first = (batch.images.clone(), {k: v.clone() for k, v in batch.labels.items()})
+            if not self.done:
+                self.batches.append((batch.images.clone(), {k: v.clone() for k, v in batch.labels.items()}))
             yield batch
+        self.done = True
 
 
 class OnDeviceBatches:
-    """GpuBatches' interface over one batch already on the device, replayed `steps` times (no loading)."""
+    """GpuBatches' interface over batches already on the device, through the same device stage (no loading)."""
 
     wait_fraction = 0.0
 
-    def __init__(self, images: torch.Tensor, labels: dict[str, torch.Tensor], augment, steps: int) -> None:
-        self.images, self.labels, self.augment, self.steps = images, labels, augment, steps
+    def __init__(self, batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]], augment) -> None:
+        self.batches, self.augment = batches, augment
 
     def __len__(self) -> int:
-        return self.steps
+        return len(self.batches)
 
     def __iter__(self) -> Iterator:
-        for _ in range(self.steps):
-            x, targets = self.augment(self.images, self.labels)
+        for images, labels in self.batches:
+            x, targets = self.augment(images, labels)
             yield x, targets, {}
 
 
@@ -83,7 +89,7 @@ def measure_train_step(data: str | Path, *, model: str, res: int, batch_size: in
                      compile=compile, epochs=2 * (epochs + 1), model_kwargs=model_kwargs)
     p = build_parts(cfg)
     dev = p.device
-    source = _CaptureFirst(p.train_loader)
+    source = _CaptureEpoch(p.train_loader)
     step = 0
 
     def epoch(batches) -> tuple[int, Any]:
@@ -101,9 +107,7 @@ def measure_train_step(data: str | Path, *, model: str, res: int, batch_size: in
         if e > 0:
             real.append(n / dt)
             wait.append(stats.wait_fraction)
-        images, labels = source.first
-        dt, (n, _) = device_seconds(lambda: epoch(OnDeviceBatches(images, labels, p.train_augment,
-                                                                  len(p.train_loader))), dev)
+        dt, (n, _) = device_seconds(lambda: epoch(OnDeviceBatches(source.batches, p.train_augment)), dev)
         if e > 0:
             on_device.append(n / dt)
     r, d = summary(real), summary(on_device)
