@@ -253,7 +253,11 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
         out += ["", f"Precision {results['train_step'][0]['settings']['precision']}, compiled: "
                     f"{results['train_step'][0]['settings']['compiled']}. On CPU the loader's threads and the model's "
                     "compute share the same cores, so a CPU row says little about a GPU run: read CPU rows as a "
-                    "check that the path works; the GPU rows are the figures that matter.", ""]
+                    "check that the path works; the GPU rows are the figures that matter." + ("" if cuda else " Known CPU anomaly "
+                    "(2026-11-23, 2 shared cores): the bmlp's on-device epochs ran slower than its real-loader "
+                    "epochs (per-step compute, data excluded, 1.5-3x slower), so real/on-device above 100% is "
+                    "an artefact here, not a gain; cause not found (not flush-to-zero, not the thread count). "
+                    "Check on the GPU that on-device >= real before trusting the ratio."), ""]
 
     if "conversion" in results:
         c = results["conversion"]

@@ -25,9 +25,9 @@ from benchmarks.measure import device_seconds, load_average, summary, versions
 class _CaptureEpoch:
     """A BetonLoader that keeps a device copy of every batch of its first epoch (ffcv reuses its buffers, hence
     the clones): the on-device side then trains on the same real batches, as airbench keeps its data on the GPU.
-    Replaying a single batch instead made CPU steps 1.5-3x slower than real ones here (timed per step, data
-    excluded; flush-to-zero and one thread did not remove it; the cause is not pinned down), which would turn
-    the comparison upside down."""
+    (An earlier version replayed one batch; on the 2-core CPU its steps were 1.5-3x slower than real ones, timed
+    per step with the data excluded. Distinct batches did not remove that CPU anomaly, see RESULTS.md; its cause
+    is not pinned down: not flush-to-zero, not the torch thread count.)"""
 
     def __init__(self, loader) -> None:
         self.loader = loader
