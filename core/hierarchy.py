@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.provenance import write_atomic
+
 FILENAME = "hierarchy.json"
 
 
@@ -158,10 +160,7 @@ class Hierarchy:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes atomically (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        write_atomic(Path(path), json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n")
 
 
 def load(path: str | os.PathLike) -> Hierarchy:

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from core.provenance import write_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -31,9 +33,7 @@ class RunLog:
         if not self.path.exists():
             return
         keep = [r for r in read_metrics(self.dir) if r.get("epoch", 0) <= start_epoch]  # 1-based: done
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
         for k, v in values.items():

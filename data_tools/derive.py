@@ -32,6 +32,7 @@ import numpy as np
 
 from core import derived as dlib
 from core import hierarchy as hlib
+from core.provenance import write_atomic
 
 SPLITS = ("train", "val")
 PIXEL_SIZE = 8  # side in pixels of the downscaled images used as 'pixels' features (8 x 8 x 3 = 192 values)
@@ -259,10 +260,7 @@ def _write(data_dir: Path, h: hlib.Hierarchy, name: str, kind: str, params: dict
     sidecar = {"format": dlib.FORMAT, "name": name, "kind": kind, "params": params, "classes": list(classes),
                "titles": list(titles), "parent_level": parent_level, "parent_of_class": parent_of_class,
                "leaf_to_class": leaf_to_class, "splits": splits}
-    path = dlib.sidecar_path(data_dir, name)
-    tmp = path.with_name(f".{path.name}.tmp-{pid}")
-    tmp.write_text(json.dumps(sidecar, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(dlib.sidecar_path(data_dir, name), json.dumps(sidecar, ensure_ascii=False) + "\n")
     # registering is the commit point: the level is usable from here on
     hlib.Hierarchy(levels=h.levels, derived=(*h.derived, name)).save(data_dir / hlib.FILENAME)
     return Derived(name, True, len(classes))
