@@ -94,8 +94,8 @@ def measure_train_step(data: str | Path, *, model: str, res: int, batch_size: in
 
     def epoch(batches) -> tuple[int, Any]:
         nonlocal step
-        step, stats = train_epoch(forward=p.forward, optimizer=p.optimizer, loss_fn=p.loss_fn, batches=batches,
-                                  level=p.level, set_lr=lambda s: p.schedule.apply(p.optimizer, s), step=step,
+        step, stats = train_epoch(forward=p.forward, optimizer=p.optimizer, objective=p.objective,
+                                  batches=batches, set_lr=lambda s: p.schedule.apply(p.optimizer, s), step=step,
                                   precision=p.precision, desc=f"bench {model}")
         return stats.images, stats
 

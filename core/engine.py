@@ -13,6 +13,7 @@ from tqdm import tqdm
 from core.hierarchy import Hierarchy
 from core.loader import BetonLoader, GpuBatches
 from core.metrics import LevelAccuracy
+from core.objective import Objective
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,13 @@ class EpochStats:
 
 
 def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
-                loss_fn: Callable, batches: GpuBatches, level: str, set_lr: Callable[[int], float], step: int,
+                objective: Objective, batches: GpuBatches, set_lr: Callable[[int], float], step: int,
                 precision: Precision, desc: str = "train", on_step: Callable[[int, dict], None] | None = None
                 ) -> tuple[int, EpochStats]:
     """One pass over `batches`; returns the next global step and the epoch's statistics.
 
-    `set_lr(step)` writes the step's learning rate into the optimizer (a tensor, so compiled code is not
+    `objective` gives the loss from the model output and the targets of every level it trains on, and the
+    logits at its level (for the training accuracy). `set_lr(step)` writes the step's learning rate into the optimizer (a tensor, so compiled code is not
     re-specialised) and returns it. Loss and accuracy are summed on the device and read once per epoch: a
     `.item()` per step would wait for the device every step.
     """
@@ -57,18 +59,18 @@ def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: t
     t0 = time.perf_counter()
     bar = tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0)
     for x, targets, _extras in bar:
-        target = targets[level]
+        target = targets[objective.level]
         lr = set_lr(step)
         with precision.autocast():
-            logits = forward(x)
-        loss = loss_fn(logits.float(), target)
+            output = forward(x)
+        loss = objective.loss(output, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             hard = target.argmax(1) if target.is_floating_point() else target
             loss_sum = loss_sum.to(loss.device) + loss.detach().double() * x.shape[0]
-            correct = correct.to(loss.device) + (logits.argmax(1) == hard).sum()
+            correct = correct.to(loss.device) + (objective.logits(output).argmax(1) == hard).sum()
         seen += x.shape[0]
         step += 1
         if on_step is not None:
@@ -85,15 +87,17 @@ def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: t
 @torch.no_grad()
 def evaluate(*, forward: Callable[[torch.Tensor], torch.Tensor], loader: BetonLoader,
              augment: Callable, hierarchy: Hierarchy, level: str, precision: Precision,
-             loss_fn: Callable | None = None, desc: str = "eval") -> dict[str, float]:
+             loss_fn: Callable | None = None, objective: Objective | None = None,
+             desc: str = "eval") -> dict[str, float]:
     """Top-1/top-5 at `level` and at every coarser level (fine probabilities summed into coarse classes),
-    on all samples and, where the data marks them (`hard` column), on hard samples."""
+    on all samples and, where the data marks them (`hard` column), on hard samples. With an `objective`, its
+    `logits(output)` are scored (a multi-head model's head at `level`); else the output itself."""
     acc = LevelAccuracy(hierarchy, level)
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0):
         x, _ = augment(batch.images, None)
         with precision.autocast():
-            logits = forward(x)
-        logits = logits.float()
+            output = forward(x)
+        logits = (objective.logits(output) if objective is not None else output).float()
         loss = loss_fn(logits, batch.labels[level]) if loss_fn is not None else None
         acc.update(logits, batch.labels, hard=batch.extras.get("hard"), loss=loss)
     return acc.compute()

@@ -24,7 +24,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, overrides: list[str] | 
     checkpoint.load(last, model=p.model, restore_rng=False)
     p.model.eval()
     result = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
-                      level=p.level, precision=p.precision, loss_fn=p.loss_fn)
+                      level=p.level, precision=p.precision, loss_fn=p.loss_fn, objective=p.objective)
     out = {"checkpoint": last.name, "data": cfg.data.path, "level": p.level, **result}
     name = "eval.json" if data is None else f"eval-{Path(data).resolve().name}.json"
     provenance.write_atomic(run_dir / name, json.dumps(out, indent=1) + "\n")

@@ -25,6 +25,7 @@ from core.loader import BetonLoader, GpuBatches, beton_columns, build_loader
 from core.models import build_model, to_channels_last
 from core.optim import build_optimizer
 from core.run_config import RunConfig
+from core.objective import Objective, SingleLevel
 from core.run_log import RunLog
 from core.schedule import LRSchedule, build_loss
 
@@ -87,7 +88,8 @@ class Parts:
     val_augment: GpuAugment
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
-    loss_fn: Any
+    loss_fn: Any  # evaluation loss at `level`
+    objective: Objective  # what training minimises (core/objective.py)
 
 
 def check_data(cfg: RunConfig) -> tuple[hlib.Hierarchy, str]:
@@ -110,13 +112,16 @@ def check_data(cfg: RunConfig) -> tuple[hlib.Hierarchy, str]:
     return h, level
 
 
-def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None) -> Parts:
+def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
+                objective: Objective | None = None) -> Parts:
+    """The run's objects. `model` / `objective` replace the config's (a transfer's model; a multi-head loss)."""
     h, level = check_data(cfg)
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     data = Path(cfg.data.path)
     num_classes = h.level(level).num_classes
+    objective = objective or SingleLevel(level, cfg.optim.label_smoothing)
 
     # model
     if cfg.train.progressive[0] > 0 and cfg.model.name.startswith("bmlp"):
@@ -137,8 +142,8 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None) -> Parts:
                   seed=cfg.train.seed, device=device)
     start_res = resolution_at(0, cfg.data.resolution, cfg.train.progressive)
     train_loader = build_loader(data / "train.beton", split="train", batch_size=cfg.data.batch_size,
-                                levels=[level], resolution=start_res, order=cfg.data.order, drop_last=True,
-                                scale=cfg.data.scale, **common)
+                                levels=list(objective.train_levels), resolution=start_res, order=cfg.data.order,
+                                drop_last=True, scale=cfg.data.scale, **common)
     if len(train_loader) == 0:
         raise RunConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                              f"({data / 'train.beton'}); with drop_last no step would run")
@@ -149,7 +154,8 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None) -> Parts:
     act_dtype = precision.dtype or torch.float32
     train_augment = GpuAugment(device=device, dtype=act_dtype, flip=cfg.data.flip,
                                mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha,
-                               num_classes={level: num_classes}, compile=use_compile)
+                               num_classes={lv: _num_classes(h, data, lv) for lv in objective.train_levels},
+                               compile=use_compile)
     val_augment = GpuAugment(device=device, dtype=act_dtype, flip=False, compile=use_compile)
 
     # optimisation
@@ -160,7 +166,13 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None) -> Parts:
                           total_steps=cfg.train.epochs * steps_per_epoch, kind=cfg.optim.schedule,
                           final_lr_fraction=cfg.optim.final_lr_fraction)
     return Parts(h, level, device, precision, model, forward, train_loader, val_loader, train_augment,
-                 val_augment, optimizer, schedule, build_loss(cfg.optim.label_smoothing))
+                 val_augment, optimizer, schedule, build_loss(cfg.optim.label_smoothing), objective)
+
+
+def _num_classes(h: hlib.Hierarchy, data: Path, level: str) -> int:
+    if level in h.names:
+        return h.level(level).num_classes
+    return derived_lib.eval_hierarchy(data, level).level(level).num_classes
 
 
 def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
@@ -211,8 +223,8 @@ def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, parts: Parts 
                 return p.schedule.apply(p.optimizer, s)
 
             step, stats = train_epoch(
-                forward=p.forward, optimizer=p.optimizer, loss_fn=p.loss_fn,
-                batches=GpuBatches(p.train_loader, p.train_augment), level=p.level, set_lr=set_lr, step=step,
+                forward=p.forward, optimizer=p.optimizer, objective=p.objective,
+                batches=GpuBatches(p.train_loader, p.train_augment), set_lr=set_lr, step=step,
                 precision=p.precision, desc=f"epoch {epoch + 1}/{cfg.train.epochs} {p.level}")
             record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "resolution": res,
                                       "lr": p.schedule.lr_at(max(step - 1, 0)), "train_loss": stats.loss,
@@ -223,7 +235,8 @@ def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, parts: Parts 
             if last_epoch or (epoch + 1) % cfg.train.eval_every == 0:
                 p.model.eval()
                 ev = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
-                              level=p.level, precision=p.precision, loss_fn=p.loss_fn, desc="eval")
+                              level=p.level, precision=p.precision, loss_fn=p.loss_fn, objective=p.objective,
+                              desc="eval")
                 p.model.train()
                 record.update({f"val/{k}": v for k, v in ev.items()})
                 result = ev
@@ -241,7 +254,7 @@ def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, parts: Parts 
     if not result:  # resumed after the last epoch's checkpoint: evaluate the final weights
         p.model.eval()
         result = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
-                          level=p.level, precision=p.precision, loss_fn=p.loss_fn)
+                          level=p.level, precision=p.precision, loss_fn=p.loss_fn, objective=p.objective)
     final = {"level": p.level, "epochs": cfg.train.epochs, **result}
     provenance.write_atomic(run_dir / RESULT_FILE, json.dumps(final, indent=1) + "\n")
     return final
