@@ -1,0 +1,88 @@
+"""Frozen features of a trained model over a beton: the input of clustering evaluation and data selection.
+
+`extract` runs `model.forward_features` (pooled, one vector per image; core/models.py) over every batch of a
+loader (centre crops, no flip) and returns the features with each sample's labels at the loader's levels and,
+where the loader serves it, the sample's `index` column (its row in the beton). `run_model` rebuilds a finished
+run's network from its folder (config.yaml + newest checkpoint) on a device, ready for `extract`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.loader import BetonLoader
+
+
+@dataclass(frozen=True)
+class Features:
+    features: np.ndarray  # float32 (N, D)
+    labels: dict[str, np.ndarray]  # level -> int64 (N,)
+    index: np.ndarray | None  # int64 (N,) rows in the beton, when the loader serves the `index` column
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@torch.no_grad()
+def extract(model: torch.nn.Module, loader: BetonLoader, augment, autocast=None,
+            desc: str = "features") -> Features:
+    """Pooled features of every image `loader` yields. `augment` turns the uint8 batch into model input
+    (core.augment.GpuAugment without flip); `autocast` is an optional context-manager factory (bf16 on CUDA)."""
+    was_training = model.training
+    model.eval()
+    feats, labels, index = [], {}, []
+    try:
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0):
+            x, _ = augment(batch.images, None)
+            if autocast is not None:
+                with autocast():
+                    f = model.forward_features(x)
+            else:
+                f = model.forward_features(x)
+            feats.append(f.float().cpu())
+            for lv, y in batch.labels.items():
+                labels.setdefault(lv, []).append(y.reshape(-1).cpu())
+            if "index" in batch.extras:
+                index.append(batch.extras["index"].reshape(-1).cpu())
+    finally:
+        model.train(was_training)
+    if not feats:
+        raise ValueError(f"{desc}: the loader yielded no batch")
+    labels_np = {lv: torch.cat(v).numpy().astype(np.int64) for lv, v in labels.items()}
+    return Features(torch.cat(feats).numpy(), labels_np,
+                    torch.cat(index).numpy().astype(np.int64) if index else None)
+
+
+def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(means (C, D), counts (C,)): the mean feature of each class; a class without samples gets a zero row."""
+    counts = np.bincount(labels, minlength=num_classes)
+    sums = np.zeros((num_classes, features.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, features)
+    means = sums / np.maximum(counts, 1)[:, None]
+    return means.astype(np.float32), counts
+
+
+def run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, "object"]:
+    """(model with the run's newest weights, in eval mode on `device`; the run's RunConfig)."""
+    from core import checkpoint, config as cfglib
+    from core.models import build_model
+    from core.run_config import RunConfig
+    from core.train_run import CHECKPOINT_DIR, RunConfigError, check_data
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunConfigError(f"{run_dir}: no config.yaml; is this a run folder written by 'grainsweep train'?")
+    cfg = cfglib.load(RunConfig, run_dir / "config.yaml")
+    h, level = check_data(cfg)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    last = checkpoint.latest(ckpt_dir) if ckpt_dir.is_dir() else None
+    if last is None:
+        raise RunConfigError(f"{run_dir}: no checkpoint under {ckpt_dir}")
+    model = build_model(cfg.model.name, h.level(level).num_classes, cfg.data.resolution, **cfg.model.kwargs)
+    checkpoint.load(last, model=model, restore_rng=False)
+    return model.to(device).eval(), cfg
