@@ -214,18 +214,33 @@ def _which(tool: str) -> str:
     return shutil.which(tool) or str(Path("/usr/sbin", tool))
 
 
-def job_state(job_id: str) -> tuple[str, str]:
-    """(JobState, Reason) of a job from `scontrol show job`, ("", "") when slurmctld forgot it."""
+def job_field(job_id: str, name: str) -> str:
+    """One field (JobState, Reason, Restarts, Dependency, ...) of `scontrol show job`; '' when unknown."""
     res = _run(["scontrol", "-o", "show", "job", str(job_id)])
     if res.returncode != 0:
-        return "", ""
-    fields = {}
+        return ""
     for line in res.stdout.splitlines()[:1]:
         for tok in line.split():
-            if "=" in tok:
-                k, v = tok.split("=", 1)
-                fields.setdefault(k, v)
-    return fields.get("JobState", ""), fields.get("Reason", "")
+            if tok.startswith(name + "="):
+                return tok.split("=", 1)[1]
+    return ""
+
+
+def job_state(job_id: str) -> tuple[str, str]:
+    """(JobState, Reason) of a job from `scontrol show job`, ("", "") when slurmctld forgot it."""
+    return job_field(job_id, "JobState"), job_field(job_id, "Reason")
+
+
+def wait_for(predicate, timeout: float, what: str, debug=lambda: "", poll_s: float = 0.5):
+    """The first truthy value of `predicate()`, polled every `poll_s`; fails the test (with `debug()`) after
+    `timeout` seconds. Needs pytest."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{debug()}")
 
 
 # --------------------------------------------------------------------------- config

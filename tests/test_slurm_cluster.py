@@ -18,7 +18,7 @@ import cloudpickle
 import pytest
 import submitit
 
-from tests.slurm_cluster import slurm_cluster  # noqa: F401
+from tests.slurm_cluster import job_field, slurm_cluster, wait_for  # noqa: F401
 
 # Jobs unpickle the submitted callables; pickle this module's functions/classes by value so a job does
 # not need to import `tests.test_slurm_cluster` (its cwd/sys.path need not contain the repository).
@@ -100,24 +100,6 @@ def _wait_done(cluster, jobs, timeout: float) -> None:
     pytest.fail(f"jobs not done after {timeout:.0f} s:\n{_debug(cluster, jobs)}")
 
 
-def _wait_for(predicate, timeout: float, what: str, debug=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{debug()}")
-
-
-def _scontrol_field(job_id: str, field: str) -> str:
-    res = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True)
-    for tok in res.stdout.split():
-        if tok.startswith(field + "="):
-            return tok.split("=", 1)[1]
-    return ""
-
-
 def _scancel(*job_ids: str) -> None:
     if job_ids:
         subprocess.run(["scancel", *job_ids], capture_output=True, text=True)
@@ -169,7 +151,7 @@ def test_afterok_dependencies_order_jobs(slurm_cluster, tmp_path):  # noqa: F811
         # while A runs, C is held by its dependency
         state, reason = slurm_cluster.job_state(c.job_id)
         assert (state, reason) == ("PENDING", "Dependency"), _debug(slurm_cluster, submitted)
-        assert _scontrol_field(c.job_id, "Dependency").startswith(f"afterok:{b_array}")
+        assert job_field(c.job_id, "Dependency").startswith(f"afterok:{b_array}")
 
         _wait_done(slurm_cluster, submitted, timeout=90)
         ra, rbs, rc = a.result(), [b.result() for b in bs], c.result()
@@ -193,7 +175,7 @@ def test_afterok_on_failing_job_never_runs(slurm_cluster, tmp_path):  # noqa: F8
             bad.result()
         # slurm.conf has SchedulerParameters=kill_invalid_depend: the dependent job is cancelled with
         # reason DependencyNeverSatisfied (without it, it would stay PENDING with that reason forever).
-        state, reason = _wait_for(
+        state, reason = wait_for(
             lambda: (lambda s: s if s[1] == "DependencyNeverSatisfied" else None)(
                 slurm_cluster.job_state(dependent.job_id)),
             timeout=30, what="DependencyNeverSatisfied", debug=lambda: _debug(slurm_cluster, [bad, dependent]))
@@ -216,12 +198,12 @@ def test_checkpointable_job_is_requeued_and_resumes(slurm_cluster, tmp_path, tim
     n = 16
     job = ex.submit(CountTo(), n, str(progress))
     try:
-        _wait_for(lambda: progress.exists() and int(progress.read_text() or 0) >= 3, timeout=60,
+        wait_for(lambda: progress.exists() and int(progress.read_text() or 0) >= 3, timeout=60,
                   what="progress >= 3", debug=lambda: _debug(slurm_cluster, [job]))
         job._interrupt(timeout=timeout)  # scancel --signal [SIGTERM then] USR2
         # the job checkpoints, calls `scontrol requeue` on itself and exits; SLURM holds it PENDING
         # (Reason=BeginTime) for AuthInfo cred_expire (10 s in our slurm.conf; 120 s by default)
-        _wait_for(lambda: _scontrol_field(job.job_id, "Restarts") not in ("", "0"), timeout=30,
+        wait_for(lambda: job_field(job.job_id, "Restarts") not in ("", "0"), timeout=30,
                   what="requeue (Restarts >= 1)", debug=lambda: _debug(slurm_cluster, [job]))
         _wait_done(slurm_cluster, [job], timeout=90)
         result = job.result()

@@ -1,17 +1,16 @@
 """A whole sweep through the real one-node SLURM cluster (tests/slurm_cluster.py): stage 1 as one job array,
 stage 2 as a second array held by afterok on the first, status from squeue + submitit files, the report, and a
-rerun that submits nothing. Real training (tiny preset, bmlp), no mocks.
+rerun that submits nothing; a preempted or timed-out sweep job requeued by submitit that resumes from its last
+checkpoint. Real training (tiny preset, bmlp), no mocks.
 
-Not covered yet: preempting a sweep job (requeue + resume from its checkpoint). On this cluster `scancel
---signal` exits 229 for the sweep's array tasks, and a SIGTERM+USR2 by hand ended the job without a requeue;
-submitit's requeue of a plain Checkpointable job does work here (tests/test_slurm_cluster.py)."""
+Signals go to a task only once it runs: `scancel --signal` on a PENDING array task fails (exit 229), which is
+why the tests wait for the run's first checkpoint before interrupting it."""
 
 from __future__ import annotations
 
 import csv
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,29 +18,8 @@ import pytest
 from core import train_run
 from launch import executors, report, status, sweep
 from launch.jobs import read_starts
-from tests.slurm_cluster import slurm_cluster  # noqa: F401
+from tests.slurm_cluster import job_field, slurm_cluster, wait_for  # noqa: F401
 from tests.test_sweep_local import tiny_sweep
-
-POLL_S = 0.5
-
-
-def _field(job_id: str, name: str) -> str:
-    res = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True)
-    for tok in res.stdout.split():
-        if tok.startswith(name + "="):
-            return tok.split("=", 1)[1]
-    return ""
-
-
-def _wait_for(predicate, timeout: float, what: str, debug=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{debug()}")
-
 
 def test_sweep_on_slurm_arrays_afterok_rerun(slurm_cluster, tmp_path):  # noqa: F811
     root = tmp_path  # same machine: the jobs see it
@@ -67,9 +45,9 @@ def test_sweep_on_slurm_arrays_afterok_rerun(slurm_cluster, tmp_path):  # noqa: 
         assert all(jid.startswith(s2["array_id"] + "_") for jid in s2["jobs"].values())
         assert s2["dependency"] == f"afterok:{s1['array_id']}"
         first_transfer = next(iter(s2["jobs"].values()))
-        assert _field(first_transfer, "Dependency").startswith(f"afterok:{s1['array_id']}"), debug()
+        assert job_field(first_transfer, "Dependency").startswith(f"afterok:{s1['array_id']}"), debug()
         # held by its dependency (the scheduler sets the reason within a couple of seconds of submission)
-        _wait_for(lambda: slurm_cluster.job_state(first_transfer) == ("PENDING", "Dependency"), 20,
+        wait_for(lambda: slurm_cluster.job_state(first_transfer) == ("PENDING", "Dependency"), 20,
                   "stage 2 PENDING (Dependency)", debug)
         assert {r["state"] for r in status.job_states(out)} <= {"pending", "running"}
 
@@ -93,3 +71,61 @@ def test_sweep_on_slurm_arrays_afterok_rerun(slurm_cluster, tmp_path):  # noqa: 
     before = (out / executors.JOBS_FILE).read_text()
     _, again = sweep.run_sweep(cfg, out, executor="slurm")
     assert again == [] and (out / executors.JOBS_FILE).read_text() == before
+
+
+def _epochs_logged(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x)["epoch"] for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+@pytest.mark.parametrize("timeout", [False, True], ids=["preemption", "timeout"])
+def test_interrupted_sweep_job_is_requeued_and_resumes(slurm_cluster, tmp_path, timeout):  # noqa: F811
+    # submitit tells a timeout from a preemption by the job's walltime against its limit (tests/slurm_cluster.py):
+    # with timeout_min=5 any USR2 counts as a timeout (requeued up to max_num_timeout times), with 60 as a
+    # preemption (SIGTERM first, then USR2; requeued without limit)
+    epochs = 10
+    cfg = tiny_sweep(tmp_path / "data", "seeds=[0]", "pretrain_levels=[subclass]", "scratch.enabled=false",
+                     f"run.train={{epochs: {epochs}, eval_every: {epochs}}}",
+                     f"executor.slurm={{partition: {slurm_cluster.partition}, cpus_per_task: 1, "
+                     f"timeout_min: {5 if timeout else 60}}}")
+    out = tmp_path / "sw"
+    plan, records = sweep.run_sweep(cfg, out, executor="slurm")
+    spec = next(j for j in plan.stage(1) if j.pretrain_level == "subclass")
+    job_id = records[0]["jobs"][spec.name]
+    run_dir = Path(spec.run_dir)
+    all_ids = [jid for rec in records for jid in rec["jobs"].values()]
+
+    def debug() -> str:
+        q = subprocess.run(["squeue", "-o", "%i %T %r"], capture_output=True, text=True).stdout
+        logs = [f"--- {p}\n" + p.read_text(errors="replace")[-2500:]
+                for p in sorted((out / "submitit").glob(f"{job_id}*/*_log.*"))]
+        return q + "\n".join(logs)
+
+    try:
+        # interrupt mid-training: after its second epoch's checkpoint, well before the last epoch
+        wait_for(lambda: len(_epochs_logged(run_dir)) >= 2, 120, "two epochs of the pretraining run", debug)
+        assert len(_epochs_logged(run_dir)) < epochs, "the run finished before it could be interrupted"
+        signals = ["USR2"] if timeout else ["SIGTERM", "USR2"]
+        for sig in signals:  # what submitit's Job._interrupt sends; SLURM sends the same on preemption / limit
+            res = subprocess.run(["scancel", job_id, "--signal", sig], capture_output=True, text=True)
+            assert res.returncode == 0, (sig, res.stderr, debug())
+        wait_for(lambda: job_field(job_id, "Restarts") not in ("", "0"), 60, "the requeue (Restarts >= 1)", debug)
+        rows = status.wait(out, timeout_s=300, poll_s=1.0)
+        assert [r["state"] for r in rows] == ["done"] * len(plan.jobs), debug()
+    finally:
+        subprocess.run(["scancel", *all_ids], capture_output=True)
+
+    starts = read_starts(spec)
+    assert len(starts) == 2, starts
+    assert starts[0]["resume"] is False and starts[0]["from_epoch"] == 0
+    assert starts[1]["resume"] is True and starts[1]["restart"] >= 1
+    assert 2 <= starts[1]["from_epoch"] < epochs  # resumed from its checkpoint, not restarted from scratch
+    assert starts[1]["array_job_id"] == records[0]["array_id"]
+    # every epoch logged once (the epoch in flight at the signal is redone, its partial record dropped)
+    assert _epochs_logged(run_dir) == list(range(1, epochs + 1))
+    assert json.loads((run_dir / train_run.RESULT_FILE).read_text())["epochs"] == epochs
+    # the requeued job kept its transfer waiting: afterok held until the resumed run succeeded
+    transfer = next(j for j in plan.stage(2) if j.kind == "transfer" and j.source == spec.run_dir)
+    assert read_starts(transfer)[0]["time"] >= (run_dir / train_run.RESULT_FILE).stat().st_mtime - 1.0
+    log = "".join(p.read_text(errors="replace") for p in (out / "submitit").glob(f"{job_id}*/*_log.err"))
+    assert ("this job is timed-out" if timeout else "this job is preempted") in log, log[-3000:]
