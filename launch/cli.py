@@ -12,9 +12,9 @@ from data_tools.publish import DatasetExistsError
 from data_tools.sources.catalog import SourceError
 from data_tools.wordnet_data import WordNetDataError
 from data_tools.wordnet_tree import WnidError
-from launch import cli_bench, cli_convert, cli_derive, cli_finetune, cli_sweep, cli_train, cli_tree
+from launch import cli_bench, cli_cluster, cli_convert, cli_derive, cli_finetune, cli_sweep, cli_train, cli_tree
 
-COMMANDS = [cli_convert, cli_tree, cli_derive, cli_train, cli_finetune, cli_sweep, cli_bench]
+COMMANDS = [cli_convert, cli_tree, cli_derive, cli_train, cli_finetune, cli_cluster, cli_sweep, cli_bench]
 
 # errors that are the user's input, shown as one line instead of a traceback
 USER_ERRORS = (ConfigError, HierarchyError, DatasetExistsError, FileNotFoundError, NotADirectoryError, SourceError,

@@ -124,5 +124,5 @@ def embed(run_dir: Path, beton: Path, device: str) -> tuple[np.ndarray, np.ndarr
             with precision.autocast():
                 f = model.forward_features(x)
             feats.append(f.float().cpu().numpy())
-            index.append(batch.extras["index"].cpu().numpy())
+            index.append(batch.extras["index"].to("cpu", copy=True).numpy())  # not a view of ffcv's ring buffer
     return np.concatenate(index).astype(np.int64), np.concatenate(feats)

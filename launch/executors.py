@@ -6,9 +6,10 @@ Executors:
           (a failed pretraining run leaves its transfers pending with DependencyNeverSatisfied, or cancelled
           where the cluster has kill_invalid_depend; rerun the sweep to retry). Jobs are RunJob
           Checkpointables: a timeout or preemption requeues them and they resume from their last checkpoint.
-  local - runs the jobs itself, in this process, one after the other: stage 1, then each transfer whose
-          pretraining run finished (afterok per job). In-process because every new process spends ~8-10 s
-          importing torch/ffcv, longer than many of the demo's runs; on 2 cores a pool would only contend.
+  local - runs the jobs itself, in this process, one after the other: stage 1, then each transfer and
+          clustering job whose pretraining run finished (afterok per job). In-process because every new
+          process spends ~8-10 s importing torch/ffcv, longer than many of the demo's runs; on 2 cores a pool
+          would only contend.
           A failed run is logged (<sweep>/logs/<run>.error) and the sweep goes on.
   debug - submitit's DebugExecutor (in-process, synchronous; a failure opens pdb when run interactively).
   auto  - slurm when `sbatch` is on PATH, else local.
@@ -142,7 +143,7 @@ def _run_local(plan: Plan, todo: list[JobSpec]) -> dict:
     done_or_ok = {j.run_dir for j in plan.jobs if j not in todo}  # finished before this call
     for i, spec in enumerate(sorted(todo, key=lambda j: j.stage)):
         print(f"[{i + 1}/{len(todo)}] {spec.name}", flush=True)
-        if spec.kind == "transfer" and spec.source not in done_or_ok:
+        if spec.source and spec.source not in done_or_ok:  # a transfer or clustering job needs its source
             rec["states"][spec.name] = "failed"
             _write_error(plan, spec, f"not run: its pretraining run {Path(spec.source).name} did not succeed\n")
         else:

@@ -1,4 +1,4 @@
-"""The job a sweep runs: one run of core (pretraining, transfer or scratch), requeueable on SLURM.
+"""The job a sweep runs: one run of core (pretraining, transfer, scratch or clustering), requeueable on SLURM.
 
 `RunJob` is a submitit Checkpointable: on a preemption or timeout signal submitit calls `checkpoint()`, which
 returns the same call with resume=True; SLURM requeues it and train_run continues from the run folder's newest
@@ -34,9 +34,13 @@ class RunJob(submitit.helpers.Checkpointable):
         resume = resume or (run_dir / "config.yaml").is_file() or (run_dir / transfer.TRANSFER_FILE).is_file()
         _log_start(spec, resume)
         cfg = cfglib.parse(RunConfig, spec.config)
+        if spec.kind in ("transfer", "cluster") and not train_run.is_done(spec.source):
+            raise RuntimeError(f"{spec.name}: its pretraining run {spec.source} has not finished")
+        if spec.kind == "cluster":  # k-means on the source's frozen features; nothing to resume
+            from core import cluster_run
+
+            return cluster_run.cluster_into(spec.source, run_dir)
         if spec.kind == "transfer":
-            if not train_run.is_done(spec.source):
-                raise RuntimeError(f"{spec.name}: its pretraining run {spec.source} has not finished")
             return transfer.finetune(spec.source, cfg, run_dir, mode=spec.mode, resume=resume)
         return train_run.run(cfg, run_dir, resume=resume)
 

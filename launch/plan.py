@@ -1,11 +1,15 @@
 """Planning a sweep: which runs exist, their resolved configs, their folders, and which stage each belongs to.
 
 Stage 1: one pretraining run per (pretraining level, seed), plus the scratch baseline per seed.
-Stage 2: one transfer per (pretraining run, mode), each starting only after its pretraining run succeeded.
+Stage 2: one transfer per (pretraining run, mode), and with `clustering.enabled` one clustering evaluation per
+pretraining run (k-means on its frozen features, core/cluster_run.py), each starting only after its pretraining
+run succeeded.
 
 A run's folder is named `<kind>-<level>[-<mode>]-s<seed>-<hash>`, the hash over its resolved RunConfig, its kind,
-and for a transfer the source run's folder name and the mode. The same settings always map to the same folder,
-so rerunning a sweep finds finished runs (result.json) and skips them; changed settings get new folders.
+and for a transfer or clustering job the source run's folder name (and the mode). A clustering job's config is
+its pretraining run's; its folder holds only result.json (the metrics; the source gets clustering.json too).
+The same settings always map to the same folder, so rerunning a sweep finds finished runs (result.json) and
+skips them; changed settings get new folders.
 Everything that can be checked without training is checked here, before anything is submitted.
 """
 
@@ -32,15 +36,15 @@ class JobSpec:
     """One run of a sweep: everything a job needs, as plain data (pickled into SLURM jobs)."""
 
     name: str  # run folder name under <sweep>/runs
-    kind: str  # pretrain | transfer | scratch
-    stage: int  # 1 (pretrain, scratch) or 2 (transfer)
-    level: str  # the level this run trains on
+    kind: str  # pretrain | transfer | scratch | cluster
+    stage: int  # 1 (pretrain, scratch) or 2 (transfer, cluster)
+    level: str  # the level this run trains on (cluster: its pretraining level)
     pretrain_level: str  # the level its weights were pretrained on ('' for scratch)
     seed: int
     run_dir: str  # absolute
     config: dict  # resolved RunConfig as plain data
     sweep_dir: str  # absolute
-    source: str = ""  # transfer: the pretraining run folder (absolute)
+    source: str = ""  # transfer, cluster: the pretraining run folder (absolute)
     mode: str = ""  # transfer: full | linear
 
     @property
@@ -167,6 +171,10 @@ def plan_sweep(cfg: SweepConfig, sweep_dir: str | Path) -> Plan:
                 tname = f"transfer-{lv}-{mode}-s{seed}-{run_hash(t, 'transfer', pre.name, mode)}"
                 plan.jobs.append(JobSpec(tname, "transfer", 2, target, lv, seed, str(runs / tname), t,
                                          source=pre.run_dir, mode=mode, **common))
+            if cfg.clustering.enabled:
+                cname = f"cluster-{lv}-s{seed}-{run_hash(c, 'cluster', pre.name)}"
+                plan.jobs.append(JobSpec(cname, "cluster", 2, lv, lv, seed, str(runs / cname), c,
+                                         source=pre.run_dir, **common))
         if cfg.scratch.enabled:
             c = resolved(target, seed, *cfg.transfer.set, *cfg.scratch.set, key="scratch.set")
             name = f"scratch-{target}-s{seed}-{run_hash(c, 'scratch')}"

@@ -2,7 +2,11 @@
 
 report.csv - one row per setting: kind (transfer / scratch), mode, pretraining level and its class count,
              seeds finished, mean and std (over seeds, ddof=1; 0 for one seed) of top-1 on all and hard samples.
-report.md  - the same table, the runs still missing, and the chance level.
+report.md  - the same table, the runs still missing, and the chance level; then, where the sweep has clustering
+             jobs, a second table "Clustering of frozen pretrained features".
+report-clustering.csv - that second table: one row per (pretraining level, evaluated level), seeds finished, mean
+             and std over seeds of NMI, ARI and Hungarian accuracy of k-means (k = the evaluated level's classes)
+             on the pretrained run's frozen val features (core/clustering.py).
 report.png - two panels (all, hard) as in Hong et al.'s figures: accuracy vs pretraining classes (log x), one
              line per transfer mode with seed error bars; scratch (no pretraining) as a horizontal line with
              its band; chance as a dotted line.
@@ -20,6 +24,9 @@ from launch.plan import Plan, load_plan
 
 FIELDS = ("kind", "mode", "pretrain_level", "pretrain_classes", "target_level", "target_classes", "seeds",
           "acc_all_mean", "acc_all_std", "acc_hard_mean", "acc_hard_std")
+CLUSTER_METRICS = ("nmi", "ari", "acc")
+CLUSTER_FIELDS = ("pretrain_level", "pretrain_classes", "eval_level", "eval_classes", "seeds",
+                  *(f"{m}_{s}" for m in CLUSTER_METRICS for s in ("mean", "std")))
 
 
 def collect(plan: Plan) -> tuple[list[dict], list[str]]:
@@ -28,7 +35,7 @@ def collect(plan: Plan) -> tuple[list[dict], list[str]]:
     missing = []
     t = plan.target_level
     for spec in plan.jobs:
-        if spec.kind == "pretrain":
+        if spec.kind not in ("transfer", "scratch"):
             continue
         key = (spec.kind, spec.mode, spec.pretrain_level)
         groups.setdefault(key, [])
@@ -51,6 +58,34 @@ def collect(plan: Plan) -> tuple[list[dict], list[str]]:
     return rows, missing
 
 
+def collect_clustering(plan: Plan) -> tuple[list[dict], list[str]]:
+    """(rows, names of clustering jobs without result.json): one row per (pretraining level, evaluated level),
+    finest pretraining level first, evaluated levels finest first."""
+    order = list(plan.classes)  # finest first
+    groups: dict[tuple[str, str], list[dict]] = {}
+    missing = []
+    for spec in plan.jobs:
+        if spec.kind != "cluster":
+            continue
+        path = Path(spec.run_dir) / RESULT_FILE
+        if not path.is_file():
+            missing.append(spec.name)
+            continue
+        for level, m in json.loads(path.read_text())["metrics"].items():
+            groups.setdefault((spec.pretrain_level, level), []).append(m)
+    rows = []
+    for (pre, level), runs in groups.items():
+        row = {"pretrain_level": pre, "pretrain_classes": plan.classes[pre], "eval_level": level,
+               "eval_classes": plan.classes.get(level, 0), "seeds": len(runs)}
+        for m in CLUSTER_METRICS:
+            xs = [r[m] for r in runs]
+            row[f"{m}_mean"], row[f"{m}_std"] = _mean(xs), _std(xs)
+        rows.append(row)
+    rank = {lv: i for i, lv in enumerate(order)}
+    rows.sort(key=lambda r: (rank.get(r["pretrain_level"], len(rank)), rank.get(r["eval_level"], len(rank))))
+    return rows, missing
+
+
 def _mean(xs: list[float]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
@@ -63,16 +98,27 @@ def write_report(sweep_dir: str | Path) -> dict[str, Path]:
     sweep_dir = Path(sweep_dir)
     plan = load_plan(sweep_dir)
     rows, missing = collect(plan)
+    cluster_rows, cluster_missing = collect_clustering(plan)
     out = {"csv": sweep_dir / "report.csv", "md": sweep_dir / "report.md", "png": sweep_dir / "report.png"}
-    with open(out["csv"], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+    _write_csv(out["csv"], FIELDS, rows)
+    if any(j.kind == "cluster" for j in plan.jobs):
+        out["clustering_csv"] = sweep_dir / "report-clustering.csv"
+        _write_csv(out["clustering_csv"], CLUSTER_FIELDS, cluster_rows)
+    md = _markdown(plan, rows, missing)
+    if "clustering_csv" in out:
+        md += "\n" + _clustering_markdown(cluster_rows, cluster_missing)
+    out["md"].write_text(md)
+    _plot(plan, rows, out["png"])
+    return out
+
+
+def _write_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r[k] is None else round(r[k], 5) if isinstance(r[k], float) else r[k])
-                        for k in FIELDS})
-    out["md"].write_text(_markdown(plan, rows, missing))
-    _plot(plan, rows, out["png"])
-    return out
+                        for k in fields})
 
 
 def _fmt(mean: float | None, std: float | None) -> str:
@@ -95,6 +141,24 @@ def _markdown(plan: Plan, rows: list[dict], missing: list[str]) -> str:
     lines.append("")
     if missing:
         lines += [f"Missing ({len(missing)} runs without result.json): " + ", ".join(missing), ""]
+    return "\n".join(lines)
+
+
+def _clustering_markdown(rows: list[dict], missing: list[str]) -> str:
+    lines = ["## Clustering of frozen pretrained features", "",
+             "k-means (k = the evaluated level's classes) on each pretrained run's L2-normalised pooled features of "
+             "the val images, scored against that level's labels; mean ± std over seeds, in %. NMI and ARI are 100 "
+             "for the classes exactly, ARI ~0 for chance; ACC = accuracy under the best one-to-one matching of "
+             "clusters to classes (Hungarian).", "",
+             "| pretraining level (classes) | evaluated level (classes) | seeds | NMI | ARI | ACC |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['pretrain_level']} ({r['pretrain_classes']}) | {r['eval_level']} ({r['eval_classes']}) "
+                     f"| {r['seeds']} | " + " | ".join(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in CLUSTER_METRICS)
+                     + " |")
+    lines.append("")
+    if missing:
+        lines += [f"Missing ({len(missing)} clustering jobs without result.json): " + ", ".join(missing), ""]
     return "\n".join(lines)
 
 

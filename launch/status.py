@@ -5,6 +5,8 @@ running  - squeue says RUNNING/COMPLETING (or the local executor is on it)
 pending  - squeue says PENDING/REQUEUED/... (waiting for resources, a dependency or a requeue)
 failed   - its job ended without result.json (error, cancelled, dependency never satisfied)
 todo     - never submitted
+Kinds: pretrain, scratch (stage 1); transfer, cluster (stage 2: k-means on a pretraining run's frozen features,
+mode shown as 'k-means').
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def job_states(sweep_dir: str | Path, queue: dict[str, str] | None = None) -> li
 
 
 def _row(spec: JobSpec, submitted: tuple[dict, str] | None, queue: dict[str, str] | None) -> dict:
-    row = {"name": spec.name, "kind": spec.kind, "pretrain_level": spec.pretrain_level, "mode": spec.mode,
+    mode = spec.mode or ("k-means" if spec.kind == "cluster" else "")  # a clustering job: the method, for the table
+    row = {"name": spec.name, "kind": spec.kind, "pretrain_level": spec.pretrain_level, "mode": mode,
            "seed": spec.seed, "job_id": submitted[1] if submitted else "", "state": "todo", "note": "",
            "executor": submitted[0]["executor"] if submitted else ""}
     if is_done(spec.run_dir):

@@ -3,8 +3,10 @@
 A sweep pretrains at each level of `pretrain_levels` for each seed, then transfers each pretrained run to
 `target_level` (one transfer per mode in `transfer.modes`); baselines: training on the target from scratch
 (`scratch.enabled`: `run` + `transfer.set` + `scratch.set`, random init) and pretraining directly on the target level (the
-target level in `pretrain_levels`, added when missing). Job settings are RunConfigs: `run` is the pretraining
-run; `transfer.set` (dotted overrides, as `--set`) changes it for the transfers and the scratch baseline.
+target level in `pretrain_levels`, added when missing). With `clustering.enabled`, each pretraining run also
+gets a clustering evaluation of its frozen features (Adaloglou et al.). Job settings are RunConfigs: `run` is
+the pretraining run; `transfer.set` (dotted overrides, as `--set`) changes it for the transfers and the scratch
+baseline.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ class TransferConfig:
 class ScratchConfig:
     enabled: bool = True  # baseline without pretraining: random init, trained on the target level
     set: tuple[str, ...] = ()  # dotted overrides on top of `run` + `transfer.set` (e.g. a longer schedule)
+
+
+@dataclass(frozen=True)
+class ClusteringConfig:
+    enabled: bool = True  # one stage-2 job per pretraining run: k-means on its frozen val features at every
+    # level's class count, scored by NMI, ARI and Hungarian accuracy (core/clustering.py; `grainsweep cluster`)
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,7 @@ class SweepConfig:
     # and train.seed are set per job)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:

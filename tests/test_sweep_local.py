@@ -1,5 +1,6 @@
 """A whole sweep with the local executor (in-process, real training on the tiny preset): plan, dependencies,
-baselines, idempotent rerun, status, report; and bad configs that fail before anything is submitted."""
+baselines, clustering jobs, idempotent rerun, status, report; and bad configs that fail before anything is
+submitted."""
 
 from __future__ import annotations
 
@@ -41,13 +42,18 @@ def test_plan_stages_and_baselines(finished):
     assert sorted(k for k in kinds if k[0] == "pretrain") == sorted(("pretrain", lv, s) for lv in levels
                                                                      for s in (0, 1))
     assert sorted(k for k in kinds if k[0] == "scratch") == [("scratch", "", 0), ("scratch", "", 1)]
-    transfers = plan.stage(2)
-    assert len(transfers) == 6 and all(j.kind == "transfer" and j.level == "superclass" for j in transfers)
+    transfers = [j for j in plan.stage(2) if j.kind == "transfer"]
+    assert len(transfers) == 6 and all(j.level == "superclass" for j in transfers)
+    clusters = [j for j in plan.stage(2) if j.kind == "cluster"]  # clustering.enabled is on by default
+    assert sorted((j.pretrain_level, j.seed) for j in clusters) == sorted((lv, s) for lv in levels for s in (0, 1))
+    assert len(plan.stage(2)) == len(transfers) + len(clusters)
     assert {j.kind for j in plan.stage(1)} == {"pretrain", "scratch"}
     by_dir = {j.run_dir: j for j in plan.jobs}
-    for t in transfers:  # each transfer starts from the pretraining run of its own level and seed
+    for t in transfers + clusters:  # each starts from the pretraining run of its own level and seed
         src = by_dir[t.source]
         assert (src.kind, src.level, src.seed) == ("pretrain", t.pretrain_level, t.seed)
+    assert all(j.name.startswith(f"cluster-{j.pretrain_level}-s{j.seed}-") and j.config == by_dir[j.source].config
+               for j in clusters)
     assert len({j.name for j in plan.jobs}) == len(plan.jobs)
 
 
@@ -63,8 +69,13 @@ def test_local_run_finishes_everything_in_dependency_order(finished):
     for t in plan.stage(2):
         started = read_starts(t)[0]["time"]
         assert started >= (Path(t.source) / "result.json").stat().st_mtime
-        rec = json.loads((Path(t.run_dir) / "transfer.json").read_text())
-        assert rec["source"] == by_dir[t.source].run_dir
+        if t.kind == "transfer":
+            rec = json.loads((Path(t.run_dir) / "transfer.json").read_text())
+            assert rec["source"] == by_dir[t.source].run_dir
+        else:  # a clustering job: its result is the source's clustering.json, every level scored
+            res = json.loads((Path(t.run_dir) / "result.json").read_text())
+            assert res == json.loads((Path(t.source) / "clustering.json").read_text())
+            assert res["run"] == t.source and list(res["metrics"]) == list(plan.classes)
     # one compile cache for the whole sweep
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(root.resolve() / "sw" / planlib.CACHE_DIR)
     rows = status.job_states(root / "sw")
@@ -85,6 +96,10 @@ def test_rerun_submits_nothing(finished, capsys):
     assert not {j.name for j in plan3.jobs if j.kind == "transfer"} & old
     # scratch.set fixes train.epochs=2, so the scratch runs' resolved configs (and folders) did not change
     assert {j.name for j in plan3.jobs if j.kind == "scratch"} <= old
+    # clustering depends on the pretraining run only; switched off, there is none
+    assert {j.name for j in plan3.jobs if j.kind == "cluster"} == {j.name for j in plan.jobs if j.kind == "cluster"}
+    plan4 = planlib.plan_sweep(tiny_sweep(root / "data", "clustering.enabled=false"), root / "sw")
+    assert [j.name for j in plan4.jobs] == [j.name for j in plan.jobs if j.kind != "cluster"]
 
 
 def test_report_files_and_rows(finished):
@@ -101,8 +116,25 @@ def test_report_files_and_rows(finished):
             assert 0.0 <= float(r[k]) <= 1.0
         assert float(r["acc_all_std"]) >= 0.0
     md = files["md"].read_text()
-    assert md.count("\n| ") == 1 + 4 + 0 and "chance 50.0%" in md  # header row + 4 settings (separator: "|---")
+    # header row + 4 settings (separator: "|---"), then the clustering table: header + 3 x 3 levels
+    assert md.count("\n| ") == 1 + 4 + 1 + 9 and "chance 50.0%" in md
+    assert "## Clustering of frozen pretrained features" in md and "Missing" not in md
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(files["clustering_csv"]) as f:
+        crows = list(csv.DictReader(f))
+    levels = [("subclass", "12"), ("class", "4"), ("superclass", "2")]
+    assert [(r["pretrain_level"], r["pretrain_classes"], r["eval_level"], r["eval_classes"]) for r in crows] == [
+        (p, pc, e, ec) for p, pc in levels for e, ec in levels]
+    for r in crows:
+        assert r["seeds"] == "2"
+        assert 0.0 <= float(r["nmi_mean"]) <= 1.0 and -1.0 <= float(r["ari_mean"]) <= 1.0
+        assert 0.0 < float(r["acc_mean"]) <= 1.0 and float(r["acc_std"]) >= 0.0
+    # the table's numbers are the clustering jobs' results, averaged over seeds
+    runs = [json.loads((Path(j.run_dir) / "result.json").read_text()) for j in plan.jobs
+            if j.kind == "cluster" and j.pretrain_level == "class"]
+    want = sum(r["metrics"]["superclass"]["nmi"] for r in runs) / 2
+    got = next(r for r in crows if (r["pretrain_level"], r["eval_level"]) == ("class", "superclass"))
+    assert float(got["nmi_mean"]) == pytest.approx(want, abs=1e-5)
 
 
 def test_status_and_report_cli(finished, capsys):
@@ -110,6 +142,7 @@ def test_status_and_report_cli(finished, capsys):
     assert cli(["status", str(root / "sw")]) == 0
     out = capsys.readouterr().out
     assert f"{len(plan.jobs)} runs: {len(plan.jobs)} done" in out
+    assert sum("cluster" in line.split() and "k-means" in line.split() for line in out.splitlines()) == 6
     assert cli(["report", str(root / "sw")]) == 0
     assert (root / "sw" / "report.md").is_file()
 

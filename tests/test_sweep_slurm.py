@@ -37,10 +37,11 @@ def test_sweep_on_slurm_arrays_afterok_rerun(slurm_cluster, tmp_path):  # noqa: 
         return q + status.format_table(status.job_states(out)) + "\n" + "\n".join(logs)
 
     try:
-        # two arrays: stage 1 (3 pretrain + 1 scratch), stage 2 (3 transfers) held by afterok on stage 1
+        # two arrays: stage 1 (3 pretrain + 1 scratch), stage 2 (3 transfers + 3 clusterings) held by afterok
         assert [r["stage"] for r in records] == [1, 2]
         s1, s2 = records
-        assert len(s1["jobs"]) == 4 and len(s2["jobs"]) == 3
+        assert len(s1["jobs"]) == 4 and len(s2["jobs"]) == 6
+        assert sorted(j.kind for j in plan.stage(2)) == ["cluster"] * 3 + ["transfer"] * 3
         assert all(jid.startswith(s1["array_id"] + "_") for jid in s1["jobs"].values())
         assert all(jid.startswith(s2["array_id"] + "_") for jid in s2["jobs"].values())
         assert s2["dependency"] == f"afterok:{s1['array_id']}"
@@ -51,14 +52,14 @@ def test_sweep_on_slurm_arrays_afterok_rerun(slurm_cluster, tmp_path):  # noqa: 
                   "stage 2 PENDING (Dependency)", debug)
         assert {r["state"] for r in status.job_states(out)} <= {"pending", "running"}
 
-        rows = status.wait(out, timeout_s=180, poll_s=1.0)
+        rows = status.wait(out, timeout_s=480, poll_s=1.0)
         assert [r["state"] for r in rows] == ["done"] * len(plan.jobs), debug()
     finally:
         subprocess.run(["scancel", *all_ids], capture_output=True)
 
     # afterok: no transfer started before the last stage-1 run had finished
     stage1_end = max(Path(j.run_dir, train_run.RESULT_FILE).stat().st_mtime for j in plan.stage(1))
-    transfer_starts = [read_starts(j)[0]["time"] for j in plan.stage(2)]
+    transfer_starts = [read_starts(j)[0]["time"] for j in plan.stage(2)]  # transfers and clusterings
     assert min(transfer_starts) >= stage1_end - 1.0
     assert all(read_starts(j)[0]["array_job_id"] == s2["array_id"] for j in plan.stage(2))
 
@@ -85,6 +86,7 @@ def test_interrupted_sweep_job_is_requeued_and_resumes(slurm_cluster, tmp_path, 
     # preemption (SIGTERM first, then USR2; requeued without limit)
     epochs = 10
     cfg = tiny_sweep(tmp_path / "data", "seeds=[0]", "pretrain_levels=[subclass]", "scratch.enabled=false",
+                     "clustering.enabled=false",
                      f"run.train={{epochs: {epochs}, eval_every: {epochs}}}",
                      f"executor.slurm={{partition: {slurm_cluster.partition}, cpus_per_task: 1, "
                      f"timeout_min: {5 if timeout else 60}}}")

@@ -1,0 +1,87 @@
+"""Clustering evaluation of a finished run: k-means on its frozen val-set features at every hierarchy level.
+
+The run's network (config.yaml + newest checkpoint, core.features.run_model) embeds every image of the
+dataset's val.beton (centre crop at the run's validation resolution, no flip, the run's precision); then
+core.clustering.cluster_metrics scores k-means with k = each level's class count against that level's labels
+(NMI, ARI, Hungarian accuracy; features L2-normalised). The result is written atomically into the run folder:
+`clustering.json` for the run's own dataset, `clustering-<dataset folder name>.json` for another `data`.
+A sweep's clustering job (`cluster_into`) also writes it as result.json into its own run folder, which marks
+the job done for reruns (core.train_run.is_done).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from core import checkpoint, clustering, config as cfglib, hierarchy as hlib, provenance
+from core.augment import GpuAugment
+from core.features import extract, run_model
+from core.loader import build_loader
+from core.run_config import RunConfig
+from core.train_run import CHECKPOINT_DIR, RESULT_FILE, RunConfigError, resolve_device, resolve_precision
+
+CLUSTERING_FILE = "clustering.json"
+
+
+def output_path(run_dir: str | Path, data: str | Path | None = None) -> Path:
+    """RUN/clustering.json for the run's own dataset, RUN/clustering-<dataset folder name>.json for another."""
+    run_dir = Path(run_dir)
+    own = cfglib.load(RunConfig, run_dir / "config.yaml").data.path
+    if data is None or Path(data).resolve() == Path(own).resolve():
+        return run_dir / CLUSTERING_FILE
+    return run_dir / f"clustering-{Path(data).resolve().name}.json"
+
+
+def cluster_run(run_dir: str | Path, data: str | Path | None = None, device: str | None = None, seed: int = 0,
+                n_init: int = clustering.N_INIT) -> dict:
+    """Clusters the run's val-set features at every level of `data` (default: the run's dataset); writes and
+    returns {"run", "checkpoint", "data", "samples", "feature_dim", "kmeans", "classes", "metrics"}, where
+    metrics = {level: {"nmi", "ari", "acc"}}. `device`: cpu | cuda | auto; None = the run's train.device."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunConfigError(f"{run_dir}: no config.yaml; is this a run folder written by 'grainsweep train'?")
+    cfg = cfglib.load(RunConfig, run_dir / "config.yaml")
+    data_dir = Path(data) if data is not None else Path(cfg.data.path)
+    if not (data_dir / "val.beton").is_file():
+        raise RunConfigError(f"{data_dir}: no val.beton; is this a dataset folder written by 'grainsweep convert'?")
+    h = hlib.load(data_dir)
+    dev = resolve_device(device or cfg.train.device)
+    model, cfg = run_model(run_dir, dev)
+    last = checkpoint.latest(run_dir / CHECKPOINT_DIR)
+    precision = resolve_precision(cfg.train.precision, dev)
+
+    # features: centre crops of every val image, in beton order, labels at every level
+    loader = build_loader(data_dir / "val.beton", split="val", batch_size=cfg.data.val_batch_size,
+                          num_workers=cfg.data.workers, levels=h.names,
+                          resolution=cfg.data.val_resolution or cfg.data.resolution, order="sequential",
+                          os_cache=cfg.data.os_cache, distributed=False, drop_last=False, seed=cfg.train.seed,
+                          device=dev)
+    augment = GpuAugment(device=dev, dtype=precision.dtype or torch.float32, flip=False, compile=False)
+    feats = extract(model, loader, augment, precision.autocast, desc=f"features {run_dir.name}")
+
+    # k-means per level
+    classes = {lv.name: lv.num_classes for lv in h.levels}
+    too_many = [f"{lv} ({k})" for lv, k in classes.items() if k > len(feats)]
+    if too_many:
+        raise RunConfigError(f"{data_dir / 'val.beton'} has {len(feats)} images, fewer than the classes of level(s) "
+                             f"{', '.join(too_many)}: k-means cannot make that many clusters")
+    metrics = clustering.cluster_metrics(feats.features, feats.labels, classes, seed=seed, n_init=n_init)
+    out = {"run": str(run_dir.resolve()), "checkpoint": last.name if last else "", "data": str(data_dir.resolve()),
+           "samples": len(feats), "feature_dim": int(feats.features.shape[1]),
+           "kmeans": {"seed": seed, "n_init": n_init, "features": "l2-normalised"},
+           "classes": classes, "metrics": metrics}
+    provenance.write_atomic(output_path(run_dir, data), json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def cluster_into(source: str | Path, out_dir: str | Path, device: str | None = None, seed: int = 0) -> dict:
+    """`cluster_run` on the run `source` (its own dataset), the result also written as `out_dir`/result.json."""
+    result = cluster_run(source, device=device, seed=seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    provenance.write_atomic(out_dir / RESULT_FILE, json.dumps(result, indent=1) + "\n")
+    return result
+
