@@ -55,7 +55,7 @@ def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: t
     """
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
-    seen = 0
+    seen, scored = 0, 0  # images through the model; rows with a label at the objective's level
     t0 = time.perf_counter()
     bar = tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0)
     for x, targets, _extras in bar:
@@ -72,6 +72,7 @@ def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: t
             loss_sum = loss_sum.to(loss.device) + loss.detach().double() * x.shape[0]
             correct = correct.to(loss.device) + (objective.logits(output).argmax(1) == hard).sum()
         seen += x.shape[0]
+        scored += hard.shape[0]  # fewer than seen when the batch also holds other rows (core/select_heads.py)
         step += 1
         if on_step is not None:
             on_step(step, {"lr": lr})
@@ -80,8 +81,8 @@ def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: t
     bar.close()
     seconds = time.perf_counter() - t0
     n = max(seen, 1)
-    return step, EpochStats(loss=float(loss_sum) / n, acc1=float(correct) / n, images=seen, seconds=seconds,
-                            wait_fraction=batches.wait_fraction)
+    return step, EpochStats(loss=float(loss_sum) / n, acc1=float(correct) / max(scored, 1), images=seen,
+                            seconds=seconds, wait_fraction=batches.wait_fraction)
 
 
 @torch.no_grad()

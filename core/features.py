@@ -45,10 +45,11 @@ def extract(model: torch.nn.Module, loader: BetonLoader, augment, autocast=None,
             else:
                 f = model.forward_features(x)
             feats.append(f.float().cpu())
+            # copy=True: on a CPU loader .cpu() would keep views into ffcv's reused ring buffers (core/loader.py)
             for lv, y in batch.labels.items():
-                labels.setdefault(lv, []).append(y.reshape(-1).cpu())
+                labels.setdefault(lv, []).append(y.reshape(-1).to("cpu", copy=True))
             if "index" in batch.extras:
-                index.append(batch.extras["index"].reshape(-1).cpu())
+                index.append(batch.extras["index"].reshape(-1).to("cpu", copy=True))
     finally:
         model.train(was_training)
     if not feats:
@@ -70,7 +71,7 @@ def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> t
 def run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, "object"]:
     """(model with the run's newest weights, in eval mode on `device`; the run's RunConfig)."""
     from core import checkpoint, config as cfglib
-    from core.models import build_model
+    from core.semantic_softmax import build_run_model
     from core.run_config import RunConfig
     from core.train_run import CHECKPOINT_DIR, RunConfigError, check_data
 
@@ -83,6 +84,6 @@ def run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[
     last = checkpoint.latest(ckpt_dir) if ckpt_dir.is_dir() else None
     if last is None:
         raise RunConfigError(f"{run_dir}: no checkpoint under {ckpt_dir}")
-    model = build_model(cfg.model.name, h.level(level).num_classes, cfg.data.resolution, **cfg.model.kwargs)
+    model = build_run_model(cfg, h, level)
     checkpoint.load(last, model=model, restore_rng=False)
     return model.to(device).eval(), cfg

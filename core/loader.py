@@ -7,7 +7,8 @@
 A requested level that is not a beton column but a derived level of the dataset (core/derived.py: a sidecar in
 the beton's folder) is served from its `index` column through a lookup table on `device`.
 `GpuBatches` wraps a loader and an augment callable (core.augment.GpuAugment) and measures the fraction of
-wall time spent waiting for data.
+wall time spent waiting for data. `build_loader(indices=rows)` serves a subset of the rows (no copy);
+`column_values` / `rows_with_labels` read an integer column of every row from the beton's metadata (no image).
 
 ffcv facts this module relies on (ffcv 1.0.2 source, site-packages/ffcv):
 - A field missing from `pipelines` gets ffcv's *default* pipeline and is decoded and returned anyway
@@ -132,7 +133,7 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
                  os_cache: bool, distributed: bool, drop_last: bool | None, extra_columns: Sequence[str] = (),
                  seed: int, device: str | torch.device, flip_on_cpu: bool = False,
                  scale: tuple[float, float] = (0.08, 1.0),
-                 batches_ahead: int = 3) -> BetonLoader:
+                 batches_ahead: int = 3, indices: Sequence[int] | np.ndarray | None = None) -> BetonLoader:
     """A loader over the beton at `path`.
 
     split: 'train' = RandomResizedCrop over `scale` (area fraction), seeded by (seed, epoch) through
@@ -143,6 +144,8 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     levels may name derived levels of the dataset in the beton's folder (see the module docstring); the beton's
     file stem ('train', 'val') picks the sidecar's split.
     seed: orders are a function of (seed, epoch); see the module docstring.
+    indices: serve only these rows of the beton (ffcv's `indices`, no copy), e.g. the images of some classes
+    (`rows_with_labels`); 'sequential' keeps their order, 'random' permutes them per epoch. None = every row.
     """
     path = Path(path)
     if split not in ("train", "val"):
@@ -166,6 +169,8 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     if missing:
         raise BetonError(f"{path}: no column(s) {missing}; this beton has columns {columns}")
 
+    rows = None if indices is None else _check_indices(path, indices)
+
     # pipelines: every column gets its own operation objects; unwanted columns are disabled with None
     device = torch.device(device)
     res = (int(resolution), int(resolution))
@@ -186,11 +191,46 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
         drop_last = split == "train"
     ffcv_seed = int(seed) * SEED_STRIDE if order == "random" else int(seed)
     loader = Loader(str(path), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
-                    order=ORDERS[order], distributed=distributed, seed=ffcv_seed, pipelines=pipelines,
+                    order=ORDERS[order], distributed=distributed, seed=ffcv_seed, indices=rows, pipelines=pipelines,
                     drop_last=drop_last, batches_ahead=batches_ahead)
     enabled = [c for c in columns if c in asked or (derived and c == INDEX_COLUMN)]
     tables = {lv: torch.as_tensor(t, device=device) for lv, t in derived.items()}
     return BetonLoader(loader, decoder, enabled, levels, extra_columns, tables)
+
+
+def _check_indices(path: Path, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """`indices` as ffcv's own row type (uint64, as its default arange), after checking them against the beton."""
+    rows = np.asarray(indices)
+    if rows.ndim != 1 or rows.size == 0 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"indices must be a non-empty 1-d array of row numbers, got {rows.dtype} {rows.shape}")
+    n = Reader(str(path)).num_samples
+    if rows.min() < 0 or rows.max() >= n:
+        raise BetonError(f"{path}: indices must lie in [0, {n}), got [{rows.min()}, {rows.max()}]")
+    if len(np.unique(rows)) != len(rows):
+        raise ValueError("indices repeat a row; an epoch would serve it more than once")
+    return rows.astype(np.uint64)
+
+
+def column_values(path: str | Path, column: str) -> np.ndarray:
+    """int64 value of an integer column (a level or e.g. 'index') for every row of the beton, in row order.
+
+    Read from the beton's metadata table, where ffcv keeps IntFields: no image is read. A derived level of the
+    dataset (core/derived.py) is looked up through the `index` column (-1 = no class)."""
+    path = Path(path)
+    columns = beton_columns(path)
+    if column in columns:
+        return Reader(str(path)).metadata[f"f{columns.index(column)}"].astype(np.int64)
+    derived = _derived_tables(path, [column], columns)
+    if column not in derived:
+        raise BetonError(f"{path}: no column {column!r} (nor a derived level of that name); this beton has "
+                         f"columns {columns}")
+    index = Reader(str(path)).metadata[f"f{columns.index(INDEX_COLUMN)}"].astype(np.int64)
+    return np.asarray(derived[column], dtype=np.int64)[index]
+
+
+def rows_with_labels(path: str | Path, column: str, classes: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The rows (ascending) of the beton whose value in `column` is one of `classes`: `indices` for a loader."""
+    return np.flatnonzero(np.isin(column_values(path, column), np.asarray(classes, dtype=np.int64)))
 
 
 def _derived_tables(path: Path, names: list[str], columns: list[str]) -> dict:

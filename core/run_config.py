@@ -58,6 +58,18 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
     keep_checkpoints: int = 1  # newest checkpoints kept
+    # what training minimises (core/semantic_softmax.py): 'single' = cross-entropy at data.level; 'semantic_softmax'
+    # = one head per level and sum_k w_k * cross-entropy_k over objective_levels (ImageNet-21K-P's multi-level
+    # pretraining); evaluation, transfer and features use data.level's head / the shared backbone either way
+    objective: Literal["single", "semantic_softmax"] = "single"
+    objective_levels: tuple[str, ...] = ()  # semantic_softmax levels; () = data.level and every coarser level
+    objective_weights: Literal["ridnik", "classes", "uniform"] = "ridnik"  # per-level loss weights, summing to 1:
+    # ridnik = Ridnik et al.'s min(20, N / classes at this level and finer), classes = by class count, uniform
+
+    def __post_init__(self) -> None:
+        if self.objective == "single" and (self.objective_levels or self.objective_weights != "ridnik"):
+            raise ValueError("train.objective_levels / train.objective_weights apply to "
+                             "train.objective=semantic_softmax only")
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,13 @@ from core import hierarchy as hlib
 from core.augment import GpuAugment
 from core.engine import Precision, evaluate, train_epoch
 from core.loader import BetonLoader, GpuBatches, beton_columns, build_loader
-from core.models import build_model, to_channels_last
+from core.models import to_channels_last
 from core.optim import build_optimizer
 from core.run_config import RunConfig
-from core.objective import Objective, SingleLevel
+from core.objective import Objective
 from core.run_log import RunLog
 from core.schedule import LRSchedule, build_loss
+from core.semantic_softmax import SemanticSoftmax, build_objective, build_run_model
 
 RESULT_FILE = "result.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -114,21 +115,29 @@ def check_data(cfg: RunConfig) -> tuple[hlib.Hierarchy, str]:
 
 def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
                 objective: Objective | None = None) -> Parts:
-    """The run's objects. `model` / `objective` replace the config's (a transfer's model; a multi-head loss)."""
+    """The run's objects. `model` / `objective` replace the config's (a transfer's model; a multi-head loss).
+
+    Without them, both follow `train.objective` (core/semantic_softmax.py): a single-head model and cross-entropy,
+    or one head per level and the semantic softmax."""
     h, level = check_data(cfg)
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     data = Path(cfg.data.path)
-    num_classes = h.level(level).num_classes
-    objective = objective or SingleLevel(level, cfg.optim.label_smoothing)
+    objective_given = objective is not None
+    objective = objective or build_objective(cfg, h, level)
 
     # model
     if cfg.train.progressive[0] > 0 and cfg.model.name.startswith("bmlp"):
         raise RunConfigError("train.progressive needs a model that takes any resolution; the bmlp MLP flattens a "
                              "fixed image size")
     if model is None:
-        model = build_model(cfg.model.name, num_classes, cfg.data.resolution, **cfg.model.kwargs)
+        model = build_run_model(cfg, h, level)
+    elif (not objective_given and isinstance(objective, SemanticSoftmax)
+          and getattr(model, "level_sizes", None) != objective.sizes):
+        raise RunConfigError(f"train.objective=semantic_softmax needs a model with one head per level of "
+                             f"{list(objective.levels)} (core.semantic_softmax.build_run_model); the model given "
+                             "has other heads. A transfer trains one new head: use train.objective=single")
     model = model.to(device)
     if cfg.model.channels_last:
         model = to_channels_last(model)

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import json
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from torch import nn
 
 from core import checkpoint, config as cfglib, provenance
-from core.models import build_model
+from core.semantic_softmax import build_run_model, with_new_head
 from core.run_config import RunConfig
-from core.train_run import CHECKPOINT_DIR, RunConfigError, build_parts, check_data, run
+from core.train_run import CHECKPOINT_DIR, Parts, RunConfigError, build_parts, check_data, run
 
 MODES = ("full", "linear")
 TRANSFER_FILE = "transfer.json"
@@ -51,7 +52,9 @@ def transfer_config(source: str | Path, data: str | None, level: str,
                     overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """The source run's settings, retargeted: data.path (default: the source's), data.level, then overrides."""
     base = cfglib.to_dict(source_config(source))
-    sets = ([f"data.path={data}"] if data else []) + [f"data.level={level}", *overrides]
+    # a transfer trains one new head: a multi-level source's objective is not inherited
+    single = ["train.objective=single", "train.objective_levels=[]", "train.objective_weights=ridnik"]
+    sets = ([f"data.path={data}"] if data else []) + [f"data.level={level}", *single, *overrides]
     return cfglib.load(RunConfig, None, sets, base=base)
 
 
@@ -61,12 +64,11 @@ def build_transfer_model(source: str | Path, num_classes: int, mode: Mode) -> tu
         raise RunConfigError(f"mode={mode!r}; choose from {list(MODES)}")
     src = source_config(source)
     src_h, src_level = check_data(src)
-    model = build_model(src.model.name, src_h.level(src_level).num_classes, src.data.resolution,
-                        **src.model.kwargs)
+    model = build_run_model(src, src_h, src_level)
     last = source_checkpoint(source)
     checkpoint.load(last, model=model, restore_rng=False)
     before = {id(p) for p in model.parameters()}
-    model.reset_head(num_classes)
+    model = with_new_head(model, num_classes)  # reset_head; a multi-level source's backbone with a new head
     if mode == "linear":
         # the head is whatever reset_head created: every parameter that was not there before
         for p in model.parameters():
@@ -88,8 +90,11 @@ def _freeze_norm_statistics(model: nn.Module) -> None:
 
 
 def finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: Mode = "full",
-             resume: bool = False) -> dict:
-    """Trains `cfg` (see transfer_config) in `out`, starting from `source`; returns the final evaluation."""
+             resume: bool = False, make_parts: Callable[[RunConfig, nn.Module], Parts] | None = None) -> dict:
+    """Trains `cfg` (see transfer_config) in `out`, starting from `source`; returns the final evaluation.
+
+    make_parts(cfg, model) builds the run's parts from the transfer model instead of build_parts (a transfer
+    with more heads and data: core/select_transfer.py)."""
     source, out = Path(source).resolve(), Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise RunConfigError(f"{out} already holds a run; pass --resume to continue it, or use a new --out")
@@ -110,7 +115,7 @@ def finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: Mode = "
     else:
         out.mkdir(parents=True, exist_ok=True)
         provenance.write_atomic(marker, json.dumps(record, indent=1) + "\n")
-    parts = build_parts(cfg, model=model)
+    parts = build_parts(cfg, model=model) if make_parts is None else make_parts(cfg, model)
     # the folder now holds transfer.json, so run() is always told to resume: with no checkpoint yet it starts
     # from epoch 0 (from the source weights); with one it continues from it
     result = run(cfg, out, resume=True, parts=parts)

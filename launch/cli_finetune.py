@@ -1,4 +1,5 @@
-"""`grainsweep finetune`: transfer a finished run to a (coarser) target level, full fine-tuning or linear probe."""
+"""`grainsweep finetune`: transfer a finished run to a (coarser) target level, full fine-tuning or linear probe,
+optionally with selected pretraining data (--select-k, core/select_transfer.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "new head for --level's classes on it and trains on --data (default: RUN's "
                                    "dataset). --mode linear trains only the head on frozen features. The "
                                    "settings are RUN's, changed by --set; outputs as for 'grainsweep train', plus "
-                                   "transfer.json naming the source.")
+                                   "transfer.json naming the source. --select-k K also trains a second head on "
+                                   "the images of the K pretraining classes closest to the target classes "
+                                   "(unbalanced optimal transport of class-mean features, Liu et al. 2022), "
+                                   "recorded in selection.json.")
     p.add_argument("--from", dest="source", required=True, metavar="RUN", help="pretraining run folder")
     p.add_argument("--data", help="target dataset folder (sets data.path; default: RUN's dataset)")
     p.add_argument("--level", required=True, help="target label level (sets data.level)")
@@ -21,6 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder for the transfer")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override of RUN's settings, e.g. train.epochs=5 (repeatable)")
+    p.add_argument("--select-k", type=int, default=0, metavar="K",
+                   help="add the images of K pretraining classes chosen by optimal transport (0 = off)")
+    p.add_argument("--select-lambda", type=float, metavar="L",
+                   help="weight of the selected images' loss: loss = L_target + L * L_selected (default 0.3, "
+                        "core.select_transfer.SelectConfig)")
+    p.add_argument("--select-batch-size", type=int, metavar="N",
+                   help="selected images per step (default: data.batch_size)")
     p.add_argument("--resume", action="store_true", help="continue the transfer in --out from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(run=run_finetune)
@@ -28,12 +39,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from core import config as cfglib
-    from core import transfer
+    from core import select_transfer, transfer
 
     cfg = transfer.transfer_config(args.source, args.data, args.level, args.overrides)
     if args.print_config:
         print(cfglib.to_yaml(cfg), end="")
         return 0
-    result = transfer.finetune(args.source, cfg, args.out, mode=args.mode, resume=args.resume)
+    given = {"k": args.select_k, "lam": args.select_lambda, "batch_size": args.select_batch_size}
+    if args.select_k == 0 and (args.select_lambda is not None or args.select_batch_size is not None):
+        raise cfglib.ConfigError("--select-lambda and --select-batch-size need --select-k K > 0")
+    select = select_transfer.SelectConfig(**{k: v for k, v in given.items() if v is not None})
+    result = select_transfer.finetune_selected(args.source, cfg, args.out, select, mode=args.mode,
+                                               resume=args.resume)
     print(json.dumps(result, indent=1))
     return 0
