@@ -31,7 +31,8 @@ class RunJob(submitit.helpers.Checkpointable):
         if train_run.is_done(run_dir):
             return json.loads((run_dir / train_run.RESULT_FILE).read_text())
         # a folder with a started run is continued (requeue, or a rerun of the sweep after a crash)
-        resume = resume or (run_dir / "config.yaml").is_file() or (run_dir / transfer.TRANSFER_FILE).is_file()
+        # (the sweep owns the folder: anything in it was written by an earlier start of this job)
+        resume = resume or (run_dir.is_dir() and any(run_dir.iterdir()))
         _log_start(spec, resume)
         cfg = cfglib.parse(RunConfig, spec.config)
         if spec.kind in ("transfer", "cluster") and not train_run.is_done(spec.source):
@@ -40,6 +41,11 @@ class RunJob(submitit.helpers.Checkpointable):
             from core import cluster_run
 
             return cluster_run.cluster_into(spec.source, run_dir)
+        if spec.kind == "transfer" and spec.mode == "select":  # full fine-tuning + selected pretraining data
+            from core.select_transfer import SelectConfig, finetune_selected
+
+            select = cfglib.parse(SelectConfig, spec.options)
+            return finetune_selected(spec.source, cfg, run_dir, select, mode="full", resume=resume)
         if spec.kind == "transfer":
             return transfer.finetune(spec.source, cfg, run_dir, mode=spec.mode, resume=resume)
         return train_run.run(cfg, run_dir, resume=resume)

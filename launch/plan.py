@@ -1,7 +1,8 @@
 """Planning a sweep: which runs exist, their resolved configs, their folders, and which stage each belongs to.
 
-Stage 1: one pretraining run per (pretraining level, seed), plus the scratch baseline per seed.
-Stage 2: one transfer per (pretraining run, mode), and with `clustering.enabled` one clustering evaluation per
+Stage 1: one pretraining run per (pretraining level, seed), plus the scratch baseline per seed; with
+`multilevel.enabled` one more per seed, at the finest pretraining level with one head per level (semantic softmax).
+Stage 2: one transfer per (pretraining run, mode; mode 'select' adds selected pretraining data), and with `clustering.enabled` one clustering evaluation per
 pretraining run (k-means on its frozen features, core/cluster_run.py), each starting only after its pretraining
 run succeeded.
 
@@ -45,7 +46,9 @@ class JobSpec:
     config: dict  # resolved RunConfig as plain data
     sweep_dir: str  # absolute
     source: str = ""  # transfer, cluster: the pretraining run folder (absolute)
-    mode: str = ""  # transfer: full | linear
+    mode: str = ""  # transfer: full | linear | select
+    arm: str = ""  # '' = single-level pretraining; 'multilevel' = semantic-softmax pretraining (and what follows it)
+    options: dict = field(default_factory=dict)  # mode 'select': core.select_transfer.SelectConfig as plain data
 
     @property
     def log_file(self) -> Path:
@@ -87,8 +90,11 @@ def load_plan(sweep_dir: str | Path) -> Plan:
     return Plan(sweep_dir, d["dataset"], d["target_level"], d["classes"], [JobSpec(**j) for j in d["jobs"]])
 
 
-def run_hash(config: dict, kind: str, source: str = "", mode: str = "") -> str:
-    blob = json.dumps({"config": config, "kind": kind, "source": source, "mode": mode}, sort_keys=True)
+def run_hash(config: dict, kind: str, source: str = "", mode: str = "", options: dict | None = None) -> str:
+    d = {"config": config, "kind": kind, "source": source, "mode": mode}
+    if options:  # only where there are some, so folders planned before `options` existed keep their names
+        d["options"] = options
+    blob = json.dumps(d, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -160,27 +166,41 @@ def plan_sweep(cfg: SweepConfig, sweep_dir: str | Path) -> Plan:
     plan = Plan(sweep_dir, str(data), target, {lv.name: lv.num_classes for lv in h.levels})
     runs = sweep_dir / RUNS_DIR
     common = dict(sweep_dir=str(sweep_dir))
+    # transfers and scratch runs train one head, whatever objective the pretraining runs use
+    single = ("train.objective=single", "train.objective_levels=[]", "train.objective_weights=ridnik")
+    multilevel = ("train.objective=semantic_softmax", f"train.objective_weights={cfg.multilevel.weights}")
     for seed in cfg.seeds:
-        for lv in levels:
-            c = resolved(lv, seed)
-            name = f"pretrain-{lv}-s{seed}-{run_hash(c, 'pretrain')}"
-            pre = JobSpec(name, "pretrain", 1, lv, lv, seed, str(runs / name), c, **common)
+        arms = [(lv, "", resolved(lv, seed)) for lv in levels]
+        if cfg.multilevel.enabled:
+            arms.append((levels[0], "multilevel", resolved(levels[0], seed, *multilevel, key="multilevel")))
+        for lv, arm, c in arms:
+            tag = f"{arm}-{lv}" if arm else lv
+            name = f"pretrain-{tag}-s{seed}-{run_hash(c, 'pretrain')}"
+            pre = JobSpec(name, "pretrain", 1, lv, lv, seed, str(runs / name), c, arm=arm, **common)
             plan.jobs.append(pre)
             for mode in cfg.transfer.modes:
-                t = resolved(target, seed, *cfg.transfer.set, key="transfer.set")
-                tname = f"transfer-{lv}-{mode}-s{seed}-{run_hash(t, 'transfer', pre.name, mode)}"
+                t = resolved(target, seed, *single, *cfg.transfer.set, key="transfer.set")
+                options = _select_options(cfg, h.level(lv).num_classes) if mode == "select" else {}
+                tname = f"transfer-{tag}-{mode}-s{seed}-{run_hash(t, 'transfer', pre.name, mode, options)}"
                 plan.jobs.append(JobSpec(tname, "transfer", 2, target, lv, seed, str(runs / tname), t,
-                                         source=pre.run_dir, mode=mode, **common))
+                                         source=pre.run_dir, mode=mode, arm=arm, options=options, **common))
             if cfg.clustering.enabled:
-                cname = f"cluster-{lv}-s{seed}-{run_hash(c, 'cluster', pre.name)}"
+                cname = f"cluster-{tag}-s{seed}-{run_hash(c, 'cluster', pre.name)}"
                 plan.jobs.append(JobSpec(cname, "cluster", 2, lv, lv, seed, str(runs / cname), c,
-                                         source=pre.run_dir, **common))
+                                         source=pre.run_dir, arm=arm, **common))
         if cfg.scratch.enabled:
-            c = resolved(target, seed, *cfg.transfer.set, *cfg.scratch.set, key="scratch.set")
+            c = resolved(target, seed, *single, *cfg.transfer.set, *cfg.scratch.set, key="scratch.set")
             name = f"scratch-{target}-s{seed}-{run_hash(c, 'scratch')}"
             plan.jobs.append(JobSpec(name, "scratch", 1, target, "", seed, str(runs / name), c, **common))
-    plan.jobs.sort(key=lambda j: (j.stage, j.kind != "pretrain", h.index(j.pretrain_level or target), j.seed))
+    plan.jobs.sort(key=lambda j: (j.stage, j.kind != "pretrain", h.index(j.pretrain_level or target), j.arm,
+                                  j.seed))
     return plan
+
+
+def _select_options(cfg: SweepConfig, pretrain_classes: int) -> dict:
+    """SelectConfig of a 'select' transfer from a run pretrained on `pretrain_classes` classes, as plain data."""
+    sel = cfg.transfer.select
+    return {"k": min(sel.k, pretrain_classes), "lam": sel.lam, "batch_size": sel.batch_size}
 
 
 def _check_model(run: RunConfig, num_classes: int) -> None:

@@ -1,6 +1,7 @@
 """A sweep's report: target accuracy (all samples and hard ones) against the number of pretraining classes.
 
-report.csv - one row per setting: kind (transfer / scratch), mode, pretraining level and its class count,
+report.csv - one row per setting: kind (transfer / scratch), arm ('' or 'multilevel'), mode (full / linear /
+             select), pretraining level and its class count,
              seeds finished, mean and std (over seeds, ddof=1; 0 for one seed) of top-1 on all and hard samples.
 report.md  - the same table, the runs still missing, and the chance level; then, where the sweep has clustering
              jobs, a second table "Clustering of frozen pretrained features".
@@ -22,10 +23,10 @@ from pathlib import Path
 from core.train_run import RESULT_FILE
 from launch.plan import Plan, load_plan
 
-FIELDS = ("kind", "mode", "pretrain_level", "pretrain_classes", "target_level", "target_classes", "seeds",
+FIELDS = ("kind", "arm", "mode", "pretrain_level", "pretrain_classes", "target_level", "target_classes", "seeds",
           "acc_all_mean", "acc_all_std", "acc_hard_mean", "acc_hard_std")
 CLUSTER_METRICS = ("nmi", "ari", "acc")
-CLUSTER_FIELDS = ("pretrain_level", "pretrain_classes", "eval_level", "eval_classes", "seeds",
+CLUSTER_FIELDS = ("pretrain_level", "arm", "pretrain_classes", "eval_level", "eval_classes", "seeds",
                   *(f"{m}_{s}" for m in CLUSTER_METRICS for s in ("mean", "std")))
 
 
@@ -37,7 +38,7 @@ def collect(plan: Plan) -> tuple[list[dict], list[str]]:
     for spec in plan.jobs:
         if spec.kind not in ("transfer", "scratch"):
             continue
-        key = (spec.kind, spec.mode, spec.pretrain_level)
+        key = (spec.kind, spec.mode, spec.pretrain_level, spec.arm)
         groups.setdefault(key, [])
         path = Path(spec.run_dir) / RESULT_FILE
         if not path.is_file():
@@ -46,15 +47,15 @@ def collect(plan: Plan) -> tuple[list[dict], list[str]]:
         res = json.loads(path.read_text())
         groups[key].append({"seed": spec.seed, "all": res[f"acc1/{t}"], "hard": res.get(f"acc1_hard/{t}")})
     rows = []
-    for (kind, mode, level), runs in groups.items():
+    for (kind, mode, level, arm), runs in groups.items():
         alls = [r["all"] for r in runs]
         hards = [r["hard"] for r in runs if r["hard"] is not None]
-        rows.append({"kind": kind, "mode": mode, "pretrain_level": level,
+        rows.append({"kind": kind, "arm": arm, "mode": mode, "pretrain_level": level,
                      "pretrain_classes": plan.classes[level] if level else 0, "target_level": t,
                      "target_classes": plan.classes[t], "seeds": len(runs),
                      "acc_all_mean": _mean(alls), "acc_all_std": _std(alls),
                      "acc_hard_mean": _mean(hards), "acc_hard_std": _std(hards)})
-    rows.sort(key=lambda r: (r["kind"] != "scratch", r["mode"], -r["pretrain_classes"]))
+    rows.sort(key=lambda r: (r["kind"] != "scratch", r["mode"], r["arm"], -r["pretrain_classes"]))
     return rows, missing
 
 
@@ -72,17 +73,18 @@ def collect_clustering(plan: Plan) -> tuple[list[dict], list[str]]:
             missing.append(spec.name)
             continue
         for level, m in json.loads(path.read_text())["metrics"].items():
-            groups.setdefault((spec.pretrain_level, level), []).append(m)
+            groups.setdefault((spec.pretrain_level, spec.arm, level), []).append(m)
     rows = []
-    for (pre, level), runs in groups.items():
-        row = {"pretrain_level": pre, "pretrain_classes": plan.classes[pre], "eval_level": level,
+    for (pre, arm, level), runs in groups.items():
+        row = {"pretrain_level": pre, "arm": arm, "pretrain_classes": plan.classes[pre], "eval_level": level,
                "eval_classes": plan.classes.get(level, 0), "seeds": len(runs)}
         for m in CLUSTER_METRICS:
             xs = [r[m] for r in runs]
             row[f"{m}_mean"], row[f"{m}_std"] = _mean(xs), _std(xs)
         rows.append(row)
     rank = {lv: i for i, lv in enumerate(order)}
-    rows.sort(key=lambda r: (rank.get(r["pretrain_level"], len(rank)), rank.get(r["eval_level"], len(rank))))
+    rows.sort(key=lambda r: (rank.get(r["pretrain_level"], len(rank)), r["arm"],
+                             rank.get(r["eval_level"], len(rank))))
     return rows, missing
 
 
@@ -134,6 +136,7 @@ def _markdown(plan: Plan, rows: list[dict], missing: list[str]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         setting = "no pretraining (scratch)" if r["kind"] == "scratch" else (
+            "multi-level pretraining (semantic softmax)" if r["arm"] == "multilevel" else
             "pretrain on target" if r["pretrain_level"] == t else "pretrain finer")
         lines.append(f"| {setting} | {r['mode'] or '-'} | {r['pretrain_level'] or '-'} | "
                      f"{r['pretrain_classes'] or '-'} | {r['seeds']} | {_fmt(r['acc_all_mean'], r['acc_all_std'])} "
@@ -153,7 +156,8 @@ def _clustering_markdown(rows: list[dict], missing: list[str]) -> str:
              "| pretraining level (classes) | evaluated level (classes) | seeds | NMI | ARI | ACC |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['pretrain_level']} ({r['pretrain_classes']}) | {r['eval_level']} ({r['eval_classes']}) "
+        arm = ", multi-level" if r["arm"] == "multilevel" else ""
+        lines.append(f"| {r['pretrain_level']}{arm} ({r['pretrain_classes']}) | {r['eval_level']} ({r['eval_classes']}) "
                      f"| {r['seeds']} | " + " | ".join(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in CLUSTER_METRICS)
                      + " |")
     lines.append("")
@@ -174,7 +178,7 @@ def _plot(plan: Plan, rows: list[dict], path: Path) -> None:
     for ax, which, title in ((axes[0], "all", "all samples"), (axes[1], "hard", "hard samples")):
         modes = sorted({r["mode"] for r in rows if r["kind"] == "transfer"})
         for mode in modes:
-            pts = sorted((r for r in rows if r["kind"] == "transfer" and r["mode"] == mode
+            pts = sorted((r for r in rows if r["kind"] == "transfer" and r["mode"] == mode and not r["arm"]
                           and r[f"acc_{which}_mean"] is not None), key=lambda r: r["pretrain_classes"])
             if pts:
                 ax.errorbar([r["pretrain_classes"] for r in pts], [r[f"acc_{which}_mean"] for r in pts],
@@ -184,6 +188,11 @@ def _plot(plan: Plan, rows: list[dict], path: Path) -> None:
                 if tgt:  # the baseline "pretrain directly on the target level"
                     ax.scatter([tgt[0]["pretrain_classes"]], [tgt[0][f"acc_{which}_mean"]], s=120,
                                facecolors="none", edgecolors="k", zorder=3)
+        for r in rows:  # other arms: one marker each, at their finest level's class count
+            if r["kind"] == "transfer" and r["arm"] and r[f"acc_{which}_mean"] is not None:
+                ax.errorbar([r["pretrain_classes"]], [r[f"acc_{which}_mean"]], yerr=[r[f"acc_{which}_std"]],
+                            marker="*", markersize=10, capsize=3, linestyle="none",
+                            label=f"{r['arm']} -> {t} ({r['mode']})")
         for r in rows:
             if r["kind"] == "scratch" and r[f"acc_{which}_mean"] is not None:
                 m, s = r[f"acc_{which}_mean"], r[f"acc_{which}_std"] or 0.0

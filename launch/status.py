@@ -53,7 +53,8 @@ def job_states(sweep_dir: str | Path, queue: dict[str, str] | None = None) -> li
 
 def _row(spec: JobSpec, submitted: tuple[dict, str] | None, queue: dict[str, str] | None) -> dict:
     mode = spec.mode or ("k-means" if spec.kind == "cluster" else "")  # a clustering job: the method, for the table
-    row = {"name": spec.name, "kind": spec.kind, "pretrain_level": spec.pretrain_level, "mode": mode,
+    level = f"{spec.pretrain_level} ({spec.arm})" if spec.arm else spec.pretrain_level
+    row = {"name": spec.name, "kind": spec.kind, "pretrain_level": level, "mode": mode,
            "seed": spec.seed, "job_id": submitted[1] if submitted else "", "state": "todo", "note": "",
            "executor": submitted[0]["executor"] if submitted else ""}
     if is_done(spec.run_dir):

@@ -3,7 +3,9 @@
 A sweep pretrains at each level of `pretrain_levels` for each seed, then transfers each pretrained run to
 `target_level` (one transfer per mode in `transfer.modes`); baselines: training on the target from scratch
 (`scratch.enabled`: `run` + `transfer.set` + `scratch.set`, random init) and pretraining directly on the target level (the
-target level in `pretrain_levels`, added when missing). With `clustering.enabled`, each pretraining run also
+target level in `pretrain_levels`, added when missing). Further arms: transfer mode 'select' (fine-tuning with
+selected pretraining data, Liu et al.) and `multilevel.enabled` (semantic-softmax pretraining over all levels,
+ImageNet-21K-P). With `clustering.enabled`, each pretraining run also
 gets a clustering evaluation of its frozen features (Adaloglou et al.). Job settings are RunConfigs: `run` is
 the pretraining run; `transfer.set` (dotted overrides, as `--set`) changes it for the transfers and the scratch
 baseline.
@@ -33,9 +35,33 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
+class SelectArmConfig:
+    k: int = 100  # pretraining classes whose images join the fine-tuning (Liu et al.: 100); at most the
+    # pretraining level's number of classes
+    lam: float = 0.3  # weight of the selected data's loss: L_target + lam * L_selected
+    batch_size: int = 0  # selected images per step; 0 = data.batch_size
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.lam < 0 or self.batch_size < 0:
+            raise ValueError(f"transfer.select: k={self.k} must be >= 1, lam={self.lam} and batch_size="
+                             f"{self.batch_size} >= 0")
+
+
+@dataclass(frozen=True)
 class TransferConfig:
-    modes: tuple[Literal["full", "linear"], ...] = ("full",)  # one transfer job per mode and pretraining run
+    modes: tuple[Literal["full", "linear", "select"], ...] = ("full",)  # one transfer job per mode and
+    # pretraining run; 'select' = full fine-tuning plus the pretraining data selected by unbalanced optimal
+    # transport (Liu et al., NeurIPS 2022; core/select_transfer.py), with the settings of `select`
     set: tuple[str, ...] = ()  # dotted RunConfig overrides for transfers and scratch runs, e.g. 'train.epochs=5'
+    select: SelectArmConfig = field(default_factory=SelectArmConfig)
+
+
+@dataclass(frozen=True)
+class MultiLevelConfig:
+    enabled: bool = False  # one more pretraining run per seed: one head per level from the finest pretraining
+    # level up, trained with ImageNet-21K-P's semantic softmax (core/semantic_softmax.py), then transferred and
+    # clustered like the single-level runs (report rows 'multi-level')
+    weights: Literal["ridnik", "classes", "uniform"] = "ridnik"  # train.objective_weights of that run
 
 
 @dataclass(frozen=True)
@@ -96,6 +122,7 @@ class SweepConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    multilevel: MultiLevelConfig = field(default_factory=MultiLevelConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:
