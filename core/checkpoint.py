@@ -21,6 +21,9 @@ FORMAT = 1  # bump when the layout below changes
 _NAME = re.compile(r"^(?!\.).*?(\d+)\.pt$")  # any "<name><number>.pt"; dot files are temporaries
 
 
+AUXILIARY_HEADS = ("selected_head.",)  # training-only heads (core/select_heads.py): not part of the network a
+# run leaves for evaluation, features and transfer
+
 def path_for(run_dir: str | os.PathLike, step: int) -> Path:
     """The conventional file name for the checkpoint taken at `step`; latest() orders by the number."""
     return Path(run_dir) / f"ckpt_{step:09d}.pt"
@@ -78,8 +81,12 @@ def save(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Op
 
 
 def load(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-         restore_rng: bool = True, map_location: str | torch.device = "cpu", weights_only: bool = True) -> dict:
+         restore_rng: bool = True, map_location: str | torch.device = "cpu", weights_only: bool = True,
+         ignore: tuple[str, ...] = ()) -> dict:
     """Restores model, optimizer and RNGs in place; returns {'step', 'epoch', 'extra'}.
+
+    ignore: key prefixes of the saved model to leave out (the rest must match exactly), e.g. AUXILIARY_HEADS
+    when a run's network is loaded for inference or transfer without its training-only heads.
 
     weights_only=True (torch's safe unpickler) works for everything save() writes as long as `extra` holds
     plain Python values and tensors; pass False only for trusted files whose extra holds other objects.
@@ -87,7 +94,8 @@ def load(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Op
     state = torch.load(path, map_location=map_location, weights_only=weights_only)
     if state.get("format") != FORMAT:
         raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this code reads {FORMAT}")
-    unwrap(model).load_state_dict(state["model"])
+    weights = {k: v for k, v in state["model"].items() if not k.startswith(ignore)} if ignore else state["model"]
+    unwrap(model).load_state_dict(weights)
     if optimizer is not None:
         if state["optimizer"] is None:
             raise ValueError(f"{path}: no optimizer state was saved")

@@ -48,10 +48,10 @@ def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: t
                 ) -> tuple[int, EpochStats]:
     """One pass over `batches`; returns the next global step and the epoch's statistics.
 
-    `objective` gives the loss from the model output and the targets of every level it trains on, and the
-    logits at its level (for the training accuracy). `set_lr(step)` writes the step's learning rate into the optimizer (a tensor, so compiled code is not
-    re-specialised) and returns it. Loss and accuracy are summed on the device and read once per epoch: a
-    `.item()` per step would wait for the device every step.
+    `objective` gives the loss from the model output and the targets of every level it trains on, and the logits
+    at its level (for the training accuracy). `set_lr(step)` writes the step's learning rate into the optimizer
+    (a tensor, so compiled code is not re-specialised) and returns it. Loss and accuracy are summed on the
+    device and read once per epoch: a `.item()` per step would wait for the device every step.
     """
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)

@@ -21,7 +21,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, overrides: list[str] | 
     if last is None:
         raise RunConfigError(f"{run_dir}: no checkpoint to evaluate")
     p = build_parts(cfg)
-    checkpoint.load(last, model=p.model, restore_rng=False)
+    checkpoint.load(last, model=p.model, restore_rng=False, ignore=checkpoint.AUXILIARY_HEADS)
     p.model.eval()
     result = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
                       level=p.level, precision=p.precision, loss_fn=p.loss_fn, objective=p.objective)

@@ -85,5 +85,5 @@ def run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[
     if last is None:
         raise RunConfigError(f"{run_dir}: no checkpoint under {ckpt_dir}")
     model = build_run_model(cfg, h, level)
-    checkpoint.load(last, model=model, restore_rng=False)
+    checkpoint.load(last, model=model, restore_rng=False, ignore=checkpoint.AUXILIARY_HEADS)
     return model.to(device).eval(), cfg

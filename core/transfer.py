@@ -66,7 +66,7 @@ def build_transfer_model(source: str | Path, num_classes: int, mode: Mode) -> tu
     src_h, src_level = check_data(src)
     model = build_run_model(src, src_h, src_level)
     last = source_checkpoint(source)
-    checkpoint.load(last, model=model, restore_rng=False)
+    checkpoint.load(last, model=model, restore_rng=False, ignore=checkpoint.AUXILIARY_HEADS)
     before = {id(p) for p in model.parameters()}
     model = with_new_head(model, num_classes)  # reset_head; a multi-level source's backbone with a new head
     if mode == "linear":

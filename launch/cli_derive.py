@@ -98,31 +98,20 @@ def embed(run_dir: Path, beton: Path, device: str) -> tuple[np.ndarray, np.ndarr
     """(index values, features) of every row of `beton` under the newest weights of the run in `run_dir`."""
     import torch
 
-    from core import checkpoint, transfer
     from core.augment import GpuAugment
+    from core.features import extract, run_model
     from core.loader import build_loader, beton_columns
-    from core.models import build_model
-    from core.train_run import check_data, resolve_device, resolve_precision
+    from core.train_run import resolve_device, resolve_precision
 
-    cfg = transfer.source_config(run_dir)
-    h, level = check_data(cfg)
     dev = resolve_device(device)
+    model, cfg = run_model(run_dir, dev)  # any run: single- or multi-level, with or without a selection head
     precision = resolve_precision(cfg.train.precision, dev)
-    model = build_model(cfg.model.name, h.level(level).num_classes, cfg.data.resolution, **cfg.model.kwargs)
-    checkpoint.load(transfer.source_checkpoint(run_dir), model=model, restore_rng=False)
-    model = model.to(dev).eval()
     label = next(c for c in beton_columns(beton) if c not in ("image", "index"))  # any int column: unused
     loader = build_loader(beton, split="val", batch_size=cfg.data.val_batch_size, num_workers=cfg.data.workers,
                           levels=[label], resolution=cfg.data.val_resolution or cfg.data.resolution,
                           order="sequential", os_cache=cfg.data.os_cache, distributed=False, drop_last=False,
                           extra_columns=["index"], seed=0, device=dev)
     augment = GpuAugment(device=dev, dtype=precision.dtype or torch.float32, flip=False, compile=False)
-    index, feats = [], []
-    with torch.no_grad():
-        for batch in loader:
-            x, _ = augment(batch.images, None)
-            with precision.autocast():
-                f = model.forward_features(x)
-            feats.append(f.float().cpu().numpy())
-            index.append(batch.extras["index"].to("cpu", copy=True).numpy())  # not a view of ffcv's ring buffer
-    return np.concatenate(index).astype(np.int64), np.concatenate(feats)
+    f = extract(model, loader, augment, autocast=precision.autocast if precision.dtype else None,
+                desc=f"features {run_dir.name}")
+    return f.index, f.features

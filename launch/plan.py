@@ -2,7 +2,8 @@
 
 Stage 1: one pretraining run per (pretraining level, seed), plus the scratch baseline per seed; with
 `multilevel.enabled` one more per seed, at the finest pretraining level with one head per level (semantic softmax).
-Stage 2: one transfer per (pretraining run, mode; mode 'select' adds selected pretraining data), and with `clustering.enabled` one clustering evaluation per
+Stage 2: one transfer per (pretraining run, mode; mode 'select' adds selected pretraining data), and with
+`clustering.enabled` one clustering evaluation per
 pretraining run (k-means on its frozen features, core/cluster_run.py), each starting only after its pretraining
 run succeeded.
 

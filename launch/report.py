@@ -157,7 +157,8 @@ def _clustering_markdown(rows: list[dict], missing: list[str]) -> str:
              "|---|---|---|---|---|---|"]
     for r in rows:
         arm = ", multi-level" if r["arm"] == "multilevel" else ""
-        lines.append(f"| {r['pretrain_level']}{arm} ({r['pretrain_classes']}) | {r['eval_level']} ({r['eval_classes']}) "
+        lines.append(f"| {r['pretrain_level']}{arm} ({r['pretrain_classes']}) | "
+                     f"{r['eval_level']} ({r['eval_classes']}) "
                      f"| {r['seeds']} | " + " | ".join(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in CLUSTER_METRICS)
                      + " |")
     lines.append("")

@@ -2,13 +2,12 @@
 
 A sweep pretrains at each level of `pretrain_levels` for each seed, then transfers each pretrained run to
 `target_level` (one transfer per mode in `transfer.modes`); baselines: training on the target from scratch
-(`scratch.enabled`: `run` + `transfer.set` + `scratch.set`, random init) and pretraining directly on the target level (the
-target level in `pretrain_levels`, added when missing). Further arms: transfer mode 'select' (fine-tuning with
-selected pretraining data, Liu et al.) and `multilevel.enabled` (semantic-softmax pretraining over all levels,
-ImageNet-21K-P). With `clustering.enabled`, each pretraining run also
-gets a clustering evaluation of its frozen features (Adaloglou et al.). Job settings are RunConfigs: `run` is
-the pretraining run; `transfer.set` (dotted overrides, as `--set`) changes it for the transfers and the scratch
-baseline.
+(`scratch.enabled`: `run` + `transfer.set` + `scratch.set`, random init) and pretraining directly on the target
+level (the target level in `pretrain_levels`, added when missing). Further arms: transfer mode 'select' (fine-
+tuning with selected pretraining data, Liu et al.) and `multilevel.enabled` (semantic-softmax pretraining over all
+levels, ImageNet-21K-P). With `clustering.enabled`, each pretraining run also gets a clustering evaluation of its
+frozen features (Adaloglou et al.). Job settings are RunConfigs: `run` is the pretraining run; `transfer.set`
+(dotted overrides, as `--set`) changes it for the transfers and the scratch baseline.
 """
 
 from __future__ import annotations

@@ -184,6 +184,14 @@ def test_finetune_with_selected_pretraining_data(source, tiny_dataset, tmp_path,
     assert result["level"] == coarse and result[f"acc1/{coarse}"] > chance, result
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and all(0 <= m["train_acc1"] <= 1 for m in metrics)
+    # eval, features and clustering read the run's target network without its training-only head
+    from core.evaluate_run import evaluate_run
+    from core.features import run_model
+
+    again = evaluate_run(out)
+    assert again[f"acc1/{coarse}"] == pytest.approx(result[f"acc1/{coarse}"])
+    model, _ = run_model(out)
+    assert not any(k.startswith("selected_head.") for k in model.state_dict())
 
     # resume: cut after epoch 2, resume -> the same weights as uninterrupted
     cut = tmp_path / "cut"
