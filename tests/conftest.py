@@ -16,3 +16,16 @@ def tiny_dataset(tmp_path_factory) -> Path:
     cfg = convert_synthetic.load_config("tiny", None, ["workers=1"])
     convert_synthetic.convert(out, cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def learnable(tmp_path_factory) -> Path:
+    """8 leaves under 4 classes under 2 superclasses, 16 px, 384 train images; no hard samples and no distractors,
+    so a tiny model fits every level within a few epochs (tests that training learns)."""
+    out = tmp_path_factory.mktemp("learnable") / "ds"
+    cfg = convert_synthetic.load_config(None, None, [
+        "synthetic.branching=[2, 2, 2]", "synthetic.image_size=16", "synthetic.train_per_leaf=48",
+        "synthetic.val_per_leaf=16", "synthetic.hard_fraction_train=0.0", "synthetic.hard_fraction_val=0.0",
+        "synthetic.distractor_prob=0.0", "workers=1"])
+    convert_synthetic.convert(out, cfg)
+    return out

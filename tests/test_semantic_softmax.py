@@ -20,7 +20,7 @@ from core.models import build_model
 from core.run_config import RunConfig
 from core.semantic_softmax import (MultiLevelModel, SemanticSoftmax, build_objective, build_run_model,
                                    level_weights, with_new_head)
-from data_tools import convert_synthetic, derive
+from data_tools import derive
 from launch.cli import main as cli
 
 MLP = ("model.name=bmlp", "model.kwargs={depth: 2, width: 128}", "optim.name=adamw", "optim.lr=0.003",
@@ -167,19 +167,7 @@ def test_mixup_soft_targets_and_chosen_levels_train(tiny_dataset, tmp_path):
     assert "heads.2.weight" not in state
 
 
-# a real multi-level run, and everything that loads it
-@pytest.fixture(scope="module")
-def learnable(tmp_path_factory) -> Path:
-    """8 leaves under 4 classes under 2 superclasses, 16 px, 384 train images; no hard samples (as test_train)."""
-    out = tmp_path_factory.mktemp("learnable") / "ds"
-    cfg = convert_synthetic.load_config(None, None, [
-        "synthetic.branching=[2, 2, 2]", "synthetic.image_size=16", "synthetic.train_per_leaf=48",
-        "synthetic.val_per_leaf=16", "synthetic.hard_fraction_train=0.0", "synthetic.hard_fraction_val=0.0",
-        "synthetic.distractor_prob=0.0", "workers=1"])
-    convert_synthetic.convert(out, cfg)
-    return out
-
-
+# a real multi-level run, and everything that loads it (`learnable`: tests/conftest.py)
 @pytest.fixture(scope="module")
 def multi_run(learnable, tmp_path_factory) -> Path:
     """`grainsweep train --set train.objective=semantic_softmax` at the finest level, 12 epochs of a small MLP."""

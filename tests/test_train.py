@@ -17,24 +17,9 @@ from core import checkpoint, config as cfglib
 from core import hierarchy as hlib
 from core.run_config import RunConfig
 from core import train_run
-from data_tools import convert_synthetic
 from launch.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def learnable(tmp_path_factory) -> Path:
-    """8 leaves under 4 classes under 2 superclasses, 16 px, 384 train images; no hard samples."""
-    out = tmp_path_factory.mktemp("learnable") / "ds"
-    cfg = convert_synthetic.load_config(None, None, [
-        "synthetic.branching=[2, 2, 2]", "synthetic.image_size=16", "synthetic.train_per_leaf=48",
-        "synthetic.val_per_leaf=16", "synthetic.hard_fraction_train=0.0", "synthetic.hard_fraction_val=0.0",
-        "synthetic.distractor_prob=0.0",
-        "workers=1"])
-    convert_synthetic.convert(out, cfg)
-    return out
-
 
 MLP = ("model.name=bmlp", "model.kwargs={depth: 2, width: 128}", "optim.name=adamw", "optim.lr=0.003",
        "optim.weight_decay=0.01")
