@@ -10,6 +10,8 @@ APT_PACKAGES := pkg-config libturbojpeg0-dev libopencv-dev wordnet-base wordnet-
 TORCH := torch==2.14.1 torchvision==0.29.1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATA ?= data/synthetic
+# the demo's dataset: must match dataset.* in launch/sweeps/default.yaml
+DEMO_DATA ?= data/synthetic-demo
 PYTEST_ARGS ?=
 
 .PHONY: setup test demo bench clean help
@@ -47,8 +49,8 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(VENV)/bin/grainsweep convert synthetic --out $(DATA)
-	$(VENV)/bin/grainsweep tree $(DATA)
+	$(VENV)/bin/grainsweep convert synthetic --preset default --set synthetic.hard_fraction_train=0.05 --out $(DEMO_DATA)
+	$(VENV)/bin/grainsweep tree $(DEMO_DATA)
 	$(VENV)/bin/grainsweep sweep default --executor local --report
 
 bench: setup
