@@ -4,11 +4,12 @@
 torch.compile compiles the device stage, the page cache fills); the figure is the median images/s over the
 others. Modes, from the full pipeline down to its parts:
   train   seeded RandomResizedCrop (core.seeded_crop) + GpuAugment (flip, normalise, cast, channels_last):
-          exactly what `grainsweep train` consumes
+          exactly what `grainsweep train` consumes (on the CPU, uncompiled: core.augment.cpu_stage)
   val     centre crop 224/256 + GpuAugment (no flip)
   crop    train crops copied to the device, no device stage
   decode  ffcv's SimpleRGBImageDecoder only (full-size decode into the batch, no crop, no copy): the decode
           limit of ffcv on these cores; needs every image at the same size (the suite's data is)
+`measure_stage` times the device stage alone (ms a batch), the project's path against the eager reference.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.measure import load_average, summary, versions, wall_seconds
+from benchmarks.measure import check_epochs, load_average, summary, time_epochs, versions, wall_seconds
 
 MODES = ("train", "val", "crop", "decode")
 SCALE = (0.08, 1.0)  # RandomResizedCrop area range, torchvision's and ImageNet's default (same in the baseline)
@@ -30,6 +31,32 @@ def _device_stage(device: torch.device, compile: str, flip: bool):
     use_compile = compile == "always" or (compile == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as `grainsweep train` (precision auto)
     return GpuAugment(device=device, dtype=dtype, flip=flip, compile=use_compile), use_compile
+
+
+def measure_stage(*, res: int, batch_size: int, device: str = "cpu", runs: int = 5) -> dict[str, Any]:
+    """Milliseconds a batch of the device stage alone (flip on, no mixing) on random uint8 crops: `GpuAugment` as
+    `grainsweep train` builds it (CPU: eager, hence core.augment.cpu_stage; CUDA: compiled) and the eager
+    reference `core.augment.device_stage`, on the same draws. Each is called once first (numba, torch.compile)."""
+    from core.augment import device_stage
+
+    dev = torch.device(device)
+    augment, compiled = _device_stage(dev, "auto", flip=True)
+    images = torch.randint(0, 256, (batch_size, res, res, 3), dtype=torch.uint8, device=dev)
+    draws = augment.draw(batch_size)
+
+    def project() -> None:
+        augment(images, None, draws)
+
+    def reference() -> None:
+        device_stage(images, [], draws, augment.mean255, augment.inv_std255, dtype=augment.dtype, flip=True,
+                     mixing=False)
+
+    out: dict[str, Any] = {"res": res, "batch_size": batch_size, "device": str(dev), "compiled": compiled,
+                           "stage": type(augment.stage).__name__ if compiled else augment.stage.__name__}
+    for name, fn in (("project_ms", project), ("reference_ms", reference)):
+        fn()
+        out[name] = summary([1000 * wall_seconds(fn, dev)[0] for _ in range(runs)])
+    return out
 
 
 def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int):
@@ -85,8 +112,7 @@ def measure_loader(data: str | Path, *, res: int, workers: int, batch_size: int,
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if epochs < 2:
-        raise ValueError(f"epochs must be >= 2 (the first is warm-up and not counted), got {epochs}")
+    check_epochs(epochs)
     data = Path(data)
     path = data / "train.beton"
     dev = torch.device(device)
@@ -99,17 +125,8 @@ def measure_loader(data: str | Path, *, res: int, workers: int, batch_size: int,
     else:
         epoch, compiled = _loader_epochs(path, level, mode, res, batch_size, workers, seed, dev, compile)
 
-    # warm-up epoch (compiles, page cache), then the measured ones
-    seconds, counts = [], []
-    for e in range(epochs):
-        dt, n = wall_seconds(epoch, dev)
-        if e > 0:
-            seconds.append(dt)
-            counts.append(n)
-    rates = [n / s for n, s in zip(counts, seconds)]
-    stats = summary(rates)
-    return {"benchmark": "loader", "images_per_second": stats["median"], "images_per_second_stats": stats,
-            "epoch_seconds": seconds, "images_per_epoch": counts[0],
+    timing = time_epochs(epoch, dev, epochs)  # the first epoch (compiles, page cache) is not counted
+    return {"benchmark": "loader", **timing,
             "settings": {"data": str(data), "mode": mode, "res": None if mode == "decode" else res,
                          "workers": workers, "batch_size": batch_size, "epochs": epochs, "warmup_epochs": 1,
                          "device": str(dev), "compiled_device_stage": compiled, "scale": list(SCALE),

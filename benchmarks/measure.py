@@ -46,6 +46,28 @@ def wall_seconds(fn: Callable[[], Any], device: torch.device) -> tuple[float, An
     return time.perf_counter() - t0, out
 
 
+def check_epochs(epochs: int) -> None:
+    """Loader benchmarks need two epochs at least: the first is warm-up and never counted."""
+    if epochs < 2:
+        raise ValueError(f"epochs must be >= 2 (the first is warm-up and not counted), got {epochs}")
+
+
+def time_epochs(epoch: Callable[[], int], device: torch.device, epochs: int) -> dict[str, Any]:
+    """Runs `epoch()`, which returns how many images it served, `epochs` times, each timed by `wall_seconds`;
+    the first (worker start-up, numba, torch.compile, page cache) is not counted. Returns the fields every
+    loader benchmark reports: images_per_second (the median), its summary, epoch_seconds, images_per_epoch."""
+    check_epochs(epochs)
+    seconds, counts = [], []
+    for e in range(epochs):
+        dt, n = wall_seconds(epoch, device)
+        if e > 0:
+            seconds.append(dt)
+            counts.append(n)
+    stats = summary([n / s for n, s in zip(counts, seconds)])
+    return {"images_per_second": stats["median"], "images_per_second_stats": stats, "epoch_seconds": seconds,
+            "images_per_epoch": counts[0]}
+
+
 def device_seconds(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     """Seconds of device work `fn()` queues: CUDA events on CUDA, the wall clock elsewhere."""
     if device.type != "cuda":

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from benchmarks.loader import SCALE
-from benchmarks.measure import load_average, summary, versions, wall_seconds
+from benchmarks.measure import check_epochs, load_average, time_epochs, versions
 from core.augment import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -24,8 +24,7 @@ def measure_torchvision(folder: str | Path, *, res: int, workers: int, batch_siz
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    if epochs < 2:
-        raise ValueError(f"epochs must be >= 2 (the first is warm-up and not counted), got {epochs}")
+    check_epochs(epochs)
     dev = torch.device(device)
     tf = transforms.Compose([transforms.RandomResizedCrop(res, scale=SCALE), transforms.RandomHorizontalFlip(),
                              transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -43,16 +42,9 @@ def measure_torchvision(folder: str | Path, *, res: int, workers: int, batch_siz
             n += x.shape[0]
         return n
 
-    seconds, counts = [], []
-    for e in range(epochs):
-        dt, n = wall_seconds(epoch, dev)
-        if e > 0:
-            seconds.append(dt)
-            counts.append(n)
+    timing = time_epochs(epoch, dev, epochs)
     del loader  # stops the persistent workers
-    stats = summary([n / s for n, s in zip(counts, seconds)])
-    return {"benchmark": "torchvision_loader", "images_per_second": stats["median"],
-            "images_per_second_stats": stats, "epoch_seconds": seconds, "images_per_epoch": counts[0],
+    return {"benchmark": "torchvision_loader", **timing,
             "settings": {"folder": str(folder), "res": res, "workers": workers, "batch_size": batch_size,
                          "epochs": epochs, "warmup_epochs": 1, "device": str(dev), "scale": list(SCALE),
                          "persistent_workers": workers > 0},

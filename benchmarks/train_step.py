@@ -4,11 +4,14 @@ Both sides are built by `core.train_run.build_parts` from one RunConfig and run 
 model, compile, precision, optimizer and device stage are exactly those of `grainsweep train`. The real side
 iterates `GpuBatches(train_loader, train_augment)`; the on-device side trains on the batches of the first
 (warm-up) epoch, copied and kept on the device, through the same device stage: its throughput is what the
-model could do if loading cost nothing (memory: one epoch of uint8 crops, e.g. 9,216 x 192^2 x 3 = 1 GB). `loader_cost = 1 - real / on_device` is the fraction of
-throughput lost to data loading.
+model could do if loading cost nothing (memory: one epoch of uint8 crops, e.g. 9,216 x 192^2 x 3 = 1 GB).
+`loader_cost = 1 - real / on_device` is the fraction of throughput lost to data loading.
 
 Epochs alternate real / on-device so that a change of machine load hits both sides alike; the first epoch of
 each side (torch.compile, numba, page cache) is not counted. Epochs are timed with CUDA events on CUDA.
+On a shared CPU, libgomp's default spin-waiting made the on-device epochs slower than the real ones (both sides
+checked alike: float32 channels_last batches of one shape, same step count); `benchmarks.run` sets
+GOMP_SPINCOUNT for the cpu profile, see RESULTS.md.
 """
 
 from __future__ import annotations
@@ -25,9 +28,8 @@ from benchmarks.measure import device_seconds, load_average, summary, versions
 class _CaptureEpoch:
     """A BetonLoader that keeps a device copy of every batch of its first epoch (ffcv reuses its buffers, hence
     the clones): the on-device side then trains on the same real batches, as airbench keeps its data on the GPU.
-    (An earlier version replayed one batch; on the 2-core CPU its steps were 1.5-3x slower than real ones, timed
-    per step with the data excluded. Distinct batches did not remove that CPU anomaly, see RESULTS.md; its cause
-    is not pinned down: not flush-to-zero, not the torch thread count.)"""
+    (An earlier version replayed one batch; on the 2-core CPU its steps were 1.5-3x slower than real ones. The
+    cause was OpenMP spin-waiting on shared cores, not the data: see RESULTS.md.)"""
 
     def __init__(self, loader) -> None:
         self.loader = loader

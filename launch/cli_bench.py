@@ -3,13 +3,13 @@
 `bench loader` prints a one-line summary, then, as its last line, one JSON object (images_per_second, its
 median/spread over the measured epochs, the settings, versions, load average), so scripts can read
 `... | tail -n 1`. The suite, `python -m benchmarks.run`, is not a sub-command: it is a development tool of a
-checkout (benchmarks/ is not installed) and writes benchmarks/RESULTS.md there.
+checkout and writes benchmarks/RESULTS.md there (benchmarks/ is installed with the package, so `bench loader`
+imports it like core and launch).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -39,19 +39,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ld.set_defaults(run=run_loader)
 
 
-def _benchmarks(module: str):
-    """Imports benchmarks.<module>. benchmarks/ sits beside launch/ but is not an installed package (pyproject
-    installs core, data_tools and launch only), so the console script may not see it: fall back to the
-    checkout this file belongs to."""
-    try:
-        return importlib.import_module(f"benchmarks.{module}")
-    except ModuleNotFoundError as e:
-        if e.name != "benchmarks":
-            raise
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        return importlib.import_module(f"benchmarks.{module}")
-
-
 def run_loader(args: argparse.Namespace) -> int:
     if args.epochs < 2:
         print("grainsweep bench: error: --epochs must be >= 2 (the first epoch is warm-up and not counted)",
@@ -65,10 +52,11 @@ def run_loader(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not (data / "train.beton").is_file():
         raise FileNotFoundError(f"{data}: no train.beton (write one with 'grainsweep convert')")
-    result = _benchmarks("loader").measure_loader(data, res=args.res, workers=args.workers,
-                                                  batch_size=args.batch_size, epochs=args.epochs,
-                                                  device=args.device, mode=args.mode, compile=args.compile,
-                                                  seed=args.seed)
+    from benchmarks.loader import measure_loader
+
+    result = measure_loader(data, res=args.res, workers=args.workers, batch_size=args.batch_size,
+                            epochs=args.epochs, device=args.device, mode=args.mode, compile=args.compile,
+                            seed=args.seed)
     s = result["images_per_second_stats"]
     print(f"loader ({args.mode}, {args.res} px, {args.workers} workers, batch {args.batch_size}, {args.device}): "
           f"{s['median']:,.0f} img/s median over {len(s['runs'])} epochs (min {s['min']:,.0f}, "

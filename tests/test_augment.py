@@ -1,4 +1,5 @@
-"""core.augment: normalisation, layout, dtype, flip, mixup/cutmix targets, compiled == eager, recompiles."""
+"""core.augment: normalisation, layout, dtype, flip, mixup/cutmix targets, compiled == eager, recompiles, and the
+CPU path (cpu_stage) == the reference stage (device_stage) value for value."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from core.augment import IMAGENET_MEAN, IMAGENET_STD, Draws, GpuAugment
+from core.augment import IMAGENET_MEAN, IMAGENET_STD, Draws, GpuAugment, cpu_stage, device_stage
 
 NUM_CLASSES = 5
 
@@ -106,3 +107,70 @@ def test_compiled_matches_eager_and_resizing_recompiles_boundedly():
         graphs.append(counters["stats"]["unique_graphs"])
     assert 1 <= graphs[-1] <= 2  # two resolutions: at most one graph each
     assert graphs[2] == graphs[3] == graphs[1]  # sizes seen before never compile again
+
+
+# the CPU path: same values as the reference stage, for every dtype, flip and mix (boxes at the borders included)
+MIXES = {"none": dict(), "mixup": dict(lam=0.3), "mixup_lam1": dict(lam=1.0),
+         "cutmix": dict(lam=0.55, cutmix=True, centre=(0.4, 0.7)),
+         "cutmix_corner": dict(lam=0.2, cutmix=True, centre=(0.95, 0.02)),
+         "cutmix_empty": dict(lam=1.0, cutmix=True)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("mix", sorted(MIXES))
+def test_cpu_stage_equals_reference_stage(dtype, flip, mix):
+    batch = 7
+    images = _images(batch, 13)  # 13 x 17: odd sizes, the flip has a middle column
+    targets = [torch.nn.functional.one_hot(torch.arange(batch) % NUM_CLASSES, NUM_CLASSES).float()]
+    draws = _draws(batch, flip=torch.tensor([1, 0, 1, 1, 0, 0, 1], dtype=torch.bool), **MIXES[mix])
+    aug = GpuAugment(device="cpu", dtype=dtype, compile=False)
+    kw = dict(dtype=dtype, flip=flip, mixing=mix != "none")
+    want, want_t = device_stage(images, targets, draws, aug.mean255, aug.inv_std255, **kw)
+    got, got_t = cpu_stage(images, targets, draws, aug.mean255, aug.inv_std255, **kw)
+    assert got.dtype == want.dtype and got.shape == want.shape and got.stride() == want.stride()
+    assert torch.equal(got, want)
+    assert len(got_t) == len(want_t) and all(torch.equal(a, b) for a, b in zip(got_t, want_t))
+
+
+def test_eager_cpu_augment_uses_the_cpu_path_and_matches_the_reference_on_random_draws():
+    kw = dict(device="cpu", dtype=torch.float32, flip=True, mixup_alpha=0.4, cutmix_alpha=1.0, mix_prob=0.8,
+              num_classes={"subclass": NUM_CLASSES})
+    aug = GpuAugment(compile=False, **kw)
+    assert aug.stage is cpu_stage and GpuAugment(compile=True, **kw).stage is not cpu_stage
+    torch.manual_seed(0)
+    labels = {"subclass": torch.arange(16) % NUM_CLASSES}
+    for step in range(12):
+        images = _images(16, 20 + 4 * (step % 3), seed=step)
+        draws = aug.draw(16)
+        x, targets = aug(images, labels, draws)
+        soft = [aug._soft("subclass", labels["subclass"])]
+        want, want_t = device_stage(images, soft, draws, aug.mean255, aug.inv_std255, dtype=torch.float32,
+                                    flip=True, mixing=True)
+        assert torch.equal(x, want) and torch.equal(targets["subclass"], want_t[0])
+
+
+def test_cpu_output_buffers_are_reused_only_when_nobody_holds_them():
+    aug = GpuAugment(device="cpu", dtype=torch.float32, compile=False, flip=True)
+    kept = []
+    for step in range(4):  # every output kept: each is a new buffer, none is overwritten
+        images = _images(4, 8, seed=step)
+        x, _ = aug(images, None, _draws(4))
+        kept.append((x, x.clone()))
+    assert len({x.data_ptr() for x, _ in kept}) == 4
+    assert all(torch.equal(x, copy) for x, copy in kept)
+    kept.clear()
+    if not hasattr(torch._C, "_storage_Use_Count"):
+        return  # torch does not say who holds a storage: every output is a new buffer, checked above
+    # dropped outputs come back; a live view keeps its buffer out of use (pooled buffers are alive, so a
+    # data pointer among theirs is a reuse, never a fresh allocation at a recycled address)
+    pooled = [buf.data_ptr() for buf, _ in aug._buffers]
+    x, _ = aug(_images(4, 8), None, _draws(4))
+    assert x.data_ptr() in pooled
+    view = x[:, :1]
+    busy, x = x.data_ptr(), None
+    y, _ = aug(_images(4, 8, seed=1), None, _draws(4))
+    assert y.data_ptr() in pooled and y.data_ptr() != busy
+    z, _ = aug(_images(4, 8, seed=2), None, _draws(4))
+    assert z.data_ptr() not in pooled  # both pooled buffers held (view, y): a new one
+    assert view.shape == (4, 1, 8, 12)

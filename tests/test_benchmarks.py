@@ -9,6 +9,7 @@ import torch
 
 from benchmarks import loader as loader_bench
 from benchmarks import run as bench_run
+from benchmarks import sweep_rerun
 from benchmarks.measure import summary
 from launch import cli
 
@@ -68,27 +69,51 @@ def test_quick_suite_writes_results_of_every_benchmark(tmp_path):
     for row in raw["loader_vs_torchvision"]:
         assert row["loader"]["images_per_second"] > 0 and row["torchvision"]["images_per_second"] > 0
         assert row["ratio"] > 0 and row["ratio_crop"] > 0
+        assert row["stage"]["stage"] == "cpu_stage" and row["stage"]["project_ms"]["median"] > 0
+        assert row["stage"]["reference_ms"]["median"] > 0
     for key in ("loader_train", "loader_crop_only", "ffcv_decode_only", "cv2_decode"):
         assert raw["decode_limit"][key]["images_per_second"] > 0
     for row in raw["train_step"]:
         assert row["real_loader"]["median"] > 0 and row["on_device"]["median"] > 0
         assert 0.0 <= row["data_wait_fraction"]["median"] <= 1.0
     assert raw["conversion"]["images"] == raw["data"]["train_images"]
-    assert raw["sweep_rerun"]["status"] == "todo"
+    rerun = raw["sweep_rerun"]
+    assert rerun["status"] == "measured" and rerun["runs"] >= 3  # pretrain, transfer, scratch at least
+    assert rerun["rerun_in_process_seconds"]["median"] > 0 and rerun["rerun_command_seconds"]["median"] > 0
+    for key in ("cold", "warm"):
+        run = rerun[key]["runs"][0]
+        assert run["compiled"] and run["steps"] >= 1
+        assert 0 < run["first_step_seconds"] < run["to_first_step_seconds"] < run["process_seconds"]
+    assert raw["omp"]["applied"] is False  # torch was loaded before main(): the spin count cannot apply
     text = results.read_text()
     for heading in ("## Machine and versions", "## Loader vs torchvision DataLoader",
                     "## Loader vs the decode limit", "## Training with the real loader", "## Conversion",
                     "## Sweep rerun", "## How to run on the lent GPU"):
         assert heading in text
     assert "not measured yet" in text and "Quick mode" in text
+    assert "## Sweep rerun and compile cache" in text and "| cold |" in text and "| warm |" in text
     # a partial rerun with --merge keeps the figures it did not measure
-    assert bench_run.main(["--quick", "--only", "sweep_rerun", "--merge", "--data-root", str(tmp_path / "data"),
+    assert bench_run.main(["--quick", "--only", "conversion", "--merge", "--data-root", str(tmp_path / "data"),
                            "--results", str(results), "--json", str(report)]) == 0
     merged = json.loads(report.read_text())
     assert merged["loader_vs_torchvision"] == raw["loader_vs_torchvision"]
+    assert merged["sweep_rerun"] == raw["sweep_rerun"]
     assert merged["command"].count("python -m benchmarks.run") == 2
     text = results.read_text()
     # the report is a function of the raw figures alone
     results.unlink()
     assert bench_run.main(["--render-only", "--results", str(results), "--json", str(report)]) == 0
     assert results.read_text() == text
+
+
+def test_sweep_rerun_settings_form_a_valid_sweep_and_bad_arguments_fail_fast(tmp_path, capsys):
+    from launch import sweep_config
+
+    file = sweep_rerun.write_sweep_file(tmp_path / "sweep.yaml")
+    for all_levels in (False, True):
+        cfg = sweep_config.load(file, sweep_rerun.sweep_overrides(tmp_path / "data", 2, 1, all_levels))
+        assert cfg.seeds == (0, 1) and not cfg.clustering.enabled and cfg.transfer.modes == ("linear",)
+        assert cfg.run.model.name == "bmlp" and dict(cfg.run.model.kwargs) == sweep_rerun.MODEL
+    with pytest.raises(ValueError, match="reruns"):
+        sweep_rerun.measure_sweep_rerun(tmp_path / "r", reruns=0)
+    assert sweep_rerun.main(["first-step"]) == 2 and "usage" in capsys.readouterr().err
