@@ -28,10 +28,8 @@ from core.run_config import RunConfig
 from core.objective import Objective
 from core.run_log import RunLog
 from core.schedule import LRSchedule, build_loss
+from core.run_state import CHECKPOINT_DIR, RESULT_FILE, is_done  # noqa: F401  (re-exported)
 from core.semantic_softmax import SemanticSoftmax, build_objective, build_run_model
-
-RESULT_FILE = "result.json"
-CHECKPOINT_DIR = "checkpoints"
 
 
 class RunConfigError(cfglib.ConfigError):
@@ -67,10 +65,6 @@ def resolution_at(epoch: int, end_res: int, progressive: tuple[int, int, int]) -
     else:
         res = start + (end_res - start) * (epoch - e0) / max(e1 - e0, 1)
     return int(max(8, round(res / 8) * 8))
-
-
-def is_done(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / RESULT_FILE).is_file()
 
 
 @dataclass

@@ -20,7 +20,7 @@ import json
 import statistics
 from pathlib import Path
 
-from core.train_run import RESULT_FILE
+from core.run_state import RESULT_FILE
 from launch.plan import Plan, load_plan
 
 FIELDS = ("kind", "arm", "mode", "pretrain_level", "pretrain_classes", "target_level", "target_classes", "seeds",

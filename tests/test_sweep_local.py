@@ -194,3 +194,14 @@ def test_sweep_config_file_and_packaged_default(tmp_path):
     f.write_text("name: x\nseeds: [3]\nexecutor: {slurm: {partitoin: gpu}}\n")
     with pytest.raises(cfglib.ConfigError, match="executor.slurm.partitoin"):
         sweep_config.load(f)
+
+
+def test_status_report_and_planning_do_not_import_torch():
+    # `grainsweep status` / `report` and a rerun that skips everything should not pay torch/ffcv's import time
+    import subprocess
+    import sys
+
+    code = ("import sys, launch.sweep, launch.status, launch.report, launch.plan; "
+            "print(sorted(m for m in ('torch', 'ffcv', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
