@@ -176,8 +176,11 @@ def test_bad_config_fails_before_submission(finished, tmp_path, capsys, sets, ke
     _, _, _, root = finished
     if executor == "slurm" and not __import__("shutil").which("sbatch"):
         pytest.skip("sbatch not on PATH")
-    args = ["sweep", "--executor", executor, "--out", str(tmp_path / "sw"),
-            *[f"--set={s}" for s in ("name=tiny", f"dataset.path={root / 'data'}", "dataset.synthetic_preset=tiny",
+    base = tmp_path / "tiny.yaml"  # not the packaged default sweep (tuned for the demo): the schema's defaults
+    base.write_text("name: tiny\n")
+    args = ["sweep", str(base), "--executor", executor, "--out", str(tmp_path / "sw"),
+            *[f"--set={s}" for s in (f"dataset.path={root / 'data'}", "dataset.synthetic_preset=tiny",
+                                     "dataset.synthetic_set=[workers=1]",
                                      "run.model={name: bmlp, kwargs: {depth: 1, width: 8}}", "run.data.resolution=16",
                                      "run.data.batch_size=16",
                                      *sets)]]
