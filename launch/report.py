@@ -3,8 +3,9 @@
 report.csv - one row per setting: kind (transfer / scratch), arm ('' or 'multilevel'), mode (full / linear /
              select), pretraining level and its class count,
              seeds finished, mean and std (over seeds, ddof=1; 0 for one seed) of top-1 on all and hard samples.
-report.md  - the same table, the runs still missing, and the chance level; then, where the sweep has clustering
-             jobs, a second table "Clustering of frozen pretrained features".
+report.md  - the same table, the runs still missing, and the chance level; then the pretraining runs themselves
+             read at the target level before any transfer (also report-pretrained.csv); then, where the
+             sweep has clustering jobs, a table "Clustering of frozen pretrained features".
 report-clustering.csv - that second table: one row per (pretraining level, evaluated level), seeds finished, mean
              and std over seeds of NMI, ARI and Hungarian accuracy of k-means (k = the evaluated level's classes)
              on the pretrained run's frozen val features (core/clustering.py).
@@ -25,6 +26,8 @@ from launch.plan import Plan, load_plan
 
 FIELDS = ("kind", "arm", "mode", "pretrain_level", "pretrain_classes", "target_level", "target_classes", "seeds",
           "acc_all_mean", "acc_all_std", "acc_hard_mean", "acc_hard_std")
+PRETRAINED_FIELDS = ("pretrain_level", "arm", "pretrain_classes", "target_level", "seeds", "acc_all_mean",
+                     "acc_all_std", "acc_hard_mean", "acc_hard_std")
 CLUSTER_METRICS = ("nmi", "ari", "acc")
 CLUSTER_FIELDS = ("pretrain_level", "arm", "pretrain_classes", "eval_level", "eval_classes", "seeds",
                   *(f"{m}_{s}" for m in CLUSTER_METRICS for s in ("mean", "std")))
@@ -57,6 +60,29 @@ def collect(plan: Plan) -> tuple[list[dict], list[str]]:
                      "acc_hard_mean": _mean(hards), "acc_hard_std": _std(hards)})
     rows.sort(key=lambda r: (r["kind"] != "scratch", r["mode"], r["arm"], -r["pretrain_classes"]))
     return rows, missing
+
+
+def collect_pretrained(plan: Plan) -> list[dict]:
+    """The pretraining runs themselves at the target level, before any transfer: a finer level's network scored
+    with its probabilities summed into the target's classes (core/metrics.py). One row per (level, arm)."""
+    t = plan.target_level
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for spec in plan.jobs:
+        path = Path(spec.run_dir) / RESULT_FILE
+        if spec.kind != "pretrain" or not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        if f"acc1/{t}" in res:
+            groups.setdefault((spec.pretrain_level, spec.arm), []).append(res)
+    order = list(plan.classes)
+    rows = []
+    for (level, arm), runs in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        alls = [r[f"acc1/{t}"] for r in runs]
+        hards = [r[f"acc1_hard/{t}"] for r in runs if f"acc1_hard/{t}" in r]
+        rows.append({"pretrain_level": level, "arm": arm, "pretrain_classes": plan.classes[level],
+                     "target_level": t, "seeds": len(runs), "acc_all_mean": _mean(alls), "acc_all_std": _std(alls),
+                     "acc_hard_mean": _mean(hards), "acc_hard_std": _std(hards)})
+    return rows
 
 
 def collect_clustering(plan: Plan) -> tuple[list[dict], list[str]]:
@@ -107,6 +133,11 @@ def write_report(sweep_dir: str | Path) -> dict[str, Path]:
         out["clustering_csv"] = sweep_dir / "report-clustering.csv"
         _write_csv(out["clustering_csv"], CLUSTER_FIELDS, cluster_rows)
     md = _markdown(plan, rows, missing)
+    pre_rows = collect_pretrained(plan)
+    if pre_rows:
+        out["pretrained_csv"] = sweep_dir / "report-pretrained.csv"
+        _write_csv(out["pretrained_csv"], PRETRAINED_FIELDS, pre_rows)
+        md += "\n" + _pretrained_markdown(plan, pre_rows)
     if "clustering_csv" in out:
         md += "\n" + _clustering_markdown(cluster_rows, cluster_missing)
     out["md"].write_text(md)
@@ -144,6 +175,21 @@ def _markdown(plan: Plan, rows: list[dict], missing: list[str]) -> str:
     lines.append("")
     if missing:
         lines += [f"Missing ({len(missing)} runs without result.json): " + ", ".join(missing), ""]
+    return "\n".join(lines)
+
+
+def _pretrained_markdown(plan: Plan, rows: list[dict]) -> str:
+    t = plan.target_level
+    lines = ["## Pretrained networks at the target level, before any transfer", "",
+             f"Each pretraining run's own head scored on `{t}` (a finer level's class probabilities summed into the "
+             f"`{t}` classes; no new head, no fine-tuning): top-1 in %, mean ± std over seeds. The theory's "
+             "prediction is about these features; the transfer table above shows how much of it a transfer keeps.",
+             "", "| pretraining level (classes) | seeds | all | hard |", "|---|---|---|---|"]
+    for r in rows:
+        arm = ", multi-level" if r["arm"] == "multilevel" else ""
+        lines.append(f"| {r['pretrain_level']}{arm} ({r['pretrain_classes']}) | {r['seeds']} | "
+                     f"{_fmt(r['acc_all_mean'], r['acc_all_std'])} | {_fmt(r['acc_hard_mean'], r['acc_hard_std'])} |")
+    lines.append("")
     return "\n".join(lines)
 
 

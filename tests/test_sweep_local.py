@@ -120,8 +120,17 @@ def test_report_files_and_rows(finished):
             assert 0.0 <= float(r[k]) <= 1.0
         assert float(r["acc_all_std"]) >= 0.0
     md = files["md"].read_text()
-    # header row + 4 settings (separator: "|---"), then the clustering table: header + 3 x 3 levels
-    assert md.count("\n| ") == 1 + 4 + 1 + 9 and "chance 50.0%" in md
+    # header row + 4 settings (separator: "|---"), the pretrained networks (header + 3 levels), then the
+    # clustering table: header + 3 x 3 levels
+    assert md.count("\n| ") == 1 + 4 + 1 + 3 + 1 + 9 and "chance 50.0%" in md
+    with open(files["pretrained_csv"]) as f:  # the pretraining runs' own results at the target, over seeds
+        prows = {r["pretrain_level"]: r for r in csv.DictReader(f)}
+    assert list(prows) == ["subclass", "class", "superclass"]
+    for lv, r in prows.items():
+        res = [json.loads((Path(j.run_dir) / "result.json").read_text()) for j in plan.jobs
+               if j.kind == "pretrain" and j.pretrain_level == lv]
+        assert r["seeds"] == "2"
+        assert float(r["acc_hard_mean"]) == pytest.approx(sum(x["acc1_hard/superclass"] for x in res) / 2, abs=1e-5)
     assert "## Clustering of frozen pretrained features" in md and "Missing" not in md
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(files["clustering_csv"]) as f:
