@@ -14,14 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from core import checkpoint, clustering, config as cfglib, hierarchy as hlib, provenance
-from core.augment import GpuAugment
-from core.features import extract, run_model
-from core.loader import build_loader
+from core.features import extract_beton, run_model
 from core.run_config import RunConfig
-from core.train_run import CHECKPOINT_DIR, RESULT_FILE, RunConfigError, resolve_device, resolve_precision
+from core.train_run import CHECKPOINT_DIR, RESULT_FILE, RunConfigError, resolve_device
 
 CLUSTERING_FILE = "clustering.json"
 
@@ -51,16 +47,10 @@ def cluster_run(run_dir: str | Path, data: str | Path | None = None, device: str
     dev = resolve_device(device or cfg.train.device)
     model, cfg = run_model(run_dir, dev)
     last = checkpoint.latest(run_dir / CHECKPOINT_DIR)
-    precision = resolve_precision(cfg.train.precision, dev)
 
     # features: centre crops of every val image, in beton order, labels at every level
-    loader = build_loader(data_dir / "val.beton", split="val", batch_size=cfg.data.val_batch_size,
-                          num_workers=cfg.data.workers, levels=h.names,
-                          resolution=cfg.data.val_resolution or cfg.data.resolution, order="sequential",
-                          os_cache=cfg.data.os_cache, distributed=False, drop_last=False, seed=cfg.train.seed,
-                          device=dev)
-    augment = GpuAugment(device=dev, dtype=precision.dtype or torch.float32, flip=False, compile=False)
-    feats = extract(model, loader, augment, precision.autocast, desc=f"features {run_dir.name}")
+    feats = extract_beton(model, cfg, data_dir / "val.beton", h.names, dev, seed=cfg.train.seed,
+                          desc=f"features {run_dir.name}")
 
     # k-means per level
     classes = {lv.name: lv.num_classes for lv in h.levels}

@@ -59,6 +59,23 @@ def extract(model: torch.nn.Module, loader: BetonLoader, augment, autocast=None,
                     torch.cat(index).numpy().astype(np.int64) if index else None)
 
 
+def extract_beton(model: torch.nn.Module, cfg, beton: str | Path, levels: list[str], device: torch.device,
+                  extra_columns: tuple[str, ...] = (), seed: int = 0, desc: str = "features") -> Features:
+    """`extract` over every row of `beton` in order: centre crops at the run's val resolution, no flip, the run's
+    precision (`cfg` is the run's RunConfig, as `run_model` returns it)."""
+    from core.augment import GpuAugment
+    from core.loader import build_loader
+    from core.train_run import resolve_precision
+
+    precision = resolve_precision(cfg.train.precision, device)
+    loader = build_loader(beton, split="val", batch_size=cfg.data.val_batch_size, num_workers=cfg.data.workers,
+                          levels=levels, resolution=cfg.data.val_resolution or cfg.data.resolution,
+                          order="sequential", os_cache=cfg.data.os_cache, distributed=False, drop_last=False,
+                          extra_columns=list(extra_columns), seed=seed, device=device)
+    augment = GpuAugment(device=device, dtype=precision.dtype or torch.float32, flip=False, compile=False)
+    return extract(model, loader, augment, precision.autocast if precision.dtype else None, desc=desc)
+
+
 def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(means (C, D), counts (C,)): the mean feature of each class; a class without samples gets a zero row."""
     counts = np.bincount(labels, minlength=num_classes)

@@ -96,22 +96,12 @@ def run_features(run_dir: Path, data_dir: Path, device: str):
 
 def embed(run_dir: Path, beton: Path, device: str) -> tuple[np.ndarray, np.ndarray]:
     """(index values, features) of every row of `beton` under the newest weights of the run in `run_dir`."""
-    import torch
-
-    from core.augment import GpuAugment
-    from core.features import extract, run_model
-    from core.loader import build_loader, beton_columns
-    from core.train_run import resolve_device, resolve_precision
+    from core.features import extract_beton, run_model
+    from core.loader import beton_columns
+    from core.train_run import resolve_device
 
     dev = resolve_device(device)
     model, cfg = run_model(run_dir, dev)  # any run: single- or multi-level, with or without a selection head
-    precision = resolve_precision(cfg.train.precision, dev)
     label = next(c for c in beton_columns(beton) if c not in ("image", "index"))  # any int column: unused
-    loader = build_loader(beton, split="val", batch_size=cfg.data.val_batch_size, num_workers=cfg.data.workers,
-                          levels=[label], resolution=cfg.data.val_resolution or cfg.data.resolution,
-                          order="sequential", os_cache=cfg.data.os_cache, distributed=False, drop_last=False,
-                          extra_columns=["index"], seed=0, device=dev)
-    augment = GpuAugment(device=dev, dtype=precision.dtype or torch.float32, flip=False, compile=False)
-    f = extract(model, loader, augment, autocast=precision.autocast if precision.dtype else None,
-                desc=f"features {run_dir.name}")
+    f = extract_beton(model, cfg, beton, [label], dev, extra_columns=("index",), desc=f"features {run_dir.name}")
     return f.index, f.features
