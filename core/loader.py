@@ -23,7 +23,8 @@ ffcv facts this module relies on (ffcv 1.0.2 source, site-packages/ffcv):
   seeds never coincide for epochs < SEED_STRIDE.
 - ffcv's RandomResizedCrop and RandomHorizontalFlip draw from numba's per-thread np.random, which ffcv never
   seeds; we use core.seeded_crop.SeededRandomResizedCrop (crops a pure function of seed and epoch) and flip
-  on the device.
+  on the device. Both our decoders (core.seeded_crop) decode JPEGs at the smallest DCT scale k/8 that keeps the
+  crop at least the output size: cheaper decodes for crops resized down.
 - Batches are views into ring buffers of `batches_ahead + 2` slots that ffcv reuses: a batch kept across more
   than about `batches_ahead` further `next()` calls is overwritten. `.clone()` what you keep.
 - `Squeeze()` without a dim squeezes the batch dim too when a (last) batch has one sample: we squeeze dim 1.
@@ -41,14 +42,13 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder,
-                                   ResizedCropRGBImageDecoder)
+from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.reader import Reader
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor
 
 from core import derived as derived_lib
-from core.seeded_crop import SeededRandomResizedCrop
+from core.seeded_crop import ScaledCenterCrop, SeededRandomResizedCrop
 
 IMAGE_COLUMN = "image"
 INDEX_COLUMN = "index"
@@ -178,14 +178,18 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
         decoder: ResizedCropRGBImageDecoder = SeededRandomResizedCrop(res, seed=seed, scale=tuple(scale))
         image_ops: list = [decoder, RandomHorizontalFlip()] if flip_on_cpu else [decoder]
     else:
-        decoder = CenterCropRGBImageDecoder(res, ratio=VAL_CROP_RATIO)
+        decoder = ScaledCenterCrop(res, ratio=VAL_CROP_RATIO)
         image_ops = [decoder]
     pipelines: dict[str, Any] = {c: None for c in columns}
-    pipelines[IMAGE_COLUMN] = [*image_ops, ToTensor(), ToDevice(device, non_blocking=True)]
+    # ToDevice only to leave the CPU: on the CPU it is one more copy of every batch in the main thread, beside the
+    # decode threads on the same cores (-20% images/s at 224 px on 2 cores, benchmarks/RESULTS.md); the batch is
+    # then a view into ffcv's ring buffer either way (see above)
+    to_device = [] if device.type == "cpu" else [ToDevice(device, non_blocking=True)]
+    pipelines[IMAGE_COLUMN] = [*image_ops, ToTensor(), *to_device]
     for c in [*levels, *extra_columns, *([INDEX_COLUMN] if derived else [])]:
         if c in derived:
             continue
-        pipelines[c] = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]
+        pipelines[c] = [IntDecoder(), ToTensor(), Squeeze(1), *to_device]
 
     if drop_last is None:
         drop_last = split == "train"
