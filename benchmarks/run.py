@@ -72,7 +72,7 @@ PROFILES: dict[str, Profile] = {
                     sweep_seeds=2, sweep_all_levels=True, sweep_reruns=3, compile_runs=2),
 }
 CPU_GOMP_SPINCOUNT = 100  # libgomp spin count of the cpu profile: libgomp's own when threads outnumber the cores
-BENCHMARKS = ("loader_vs_torchvision", "decode_limit", "train_step", "conversion", "sweep_rerun")
+BENCHMARKS = ("loader_vs_torchvision", "storage", "decode_limit", "train_step", "conversion", "sweep_rerun")
 
 
 def default_workers() -> int:
@@ -81,7 +81,8 @@ def default_workers() -> int:
 
 def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, only: tuple[str, ...],
               log=print) -> dict[str, Any]:
-    from benchmarks import conversion, decode_limit, loader, suite_data, sweep_rerun, torchvision_loader, train_step
+    from benchmarks import (conversion, decode_limit, loader, storage, suite_data, sweep_rerun, torchvision_loader,
+                            train_step)
     from benchmarks.measure import load_average, machine, versions
 
     results: dict[str, Any] = {"machine": machine(), "versions": versions(), "device": device,
@@ -109,6 +110,10 @@ def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, o
                          "stage": stage, "ratio": ours["images_per_second"] / theirs["images_per_second"],
                          "ratio_crop": ours_crop["images_per_second"] / theirs["images_per_second"]})
         results["loader_vs_torchvision"] = rows
+
+    if "storage" in only:
+        results["storage"] = storage.measure_storage(data.manifest, data.beton_dir, resolutions=profile.resolutions,
+                                                     max_resolution=profile.image_size, log=log, **common)
 
     if "decode_limit" in only:
         res = max(profile.resolutions)
@@ -249,6 +254,9 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
                     "104 ms a batch against cpu_stage's 11 ms, side by side (224 px, batch 64, load 2.5, "
                     "2026-11-23), after 20-60 s of compile from a cold cache.", ""]
 
+    if "storage" in results:
+        out += _render_storage(results)
+
     if "decode_limit" in results:
         dl = results["decode_limit"]
         limit = dl["cv2_decode"]["images_per_second"]
@@ -337,6 +345,26 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
         out += ["**GPU figures: not measured yet.** Everything above ran on the CPU; the GPU targets (ResNet-50 "
                 ">= 95% of on-device throughput, MLP at 64 px not loader-bound) need the run above.", ""]
     return "\n".join(out)
+
+
+def _render_storage(results: dict[str, Any]) -> list[str]:
+    tv = {row["res"]: row["torchvision"]["images_per_second"] for row in results.get("loader_vs_torchvision", [])}
+    dev = results["device"]
+    out = ["## The loader on other storage of the same images", "",
+           "The same images converted again with `write.write_mode=raw` (decoded pixels) and `proportion` (ffcv's "
+           "ImageNet recipe: each image JPEG q90 with probability 0.5, else raw); the loader as above. Ratios are "
+           "to the torchvision DataLoader on the JPEG files in the table above (same run); JPEG rows are that "
+           "table's.", "",
+           f"| storage | beton MiB | crop px | loader, decode + crop | loader + device stage on {dev} | "
+           "ratio (decode + crop) | ratio (+ device stage) | load before/after |", "|---|---|---|---|---|---|---|---|"]
+    for row in results["storage"]:
+        base = tv.get(row["res"])
+        ratio = (lambda r: f"{r['images_per_second'] / base:.1f}x") if base else (lambda r: "-")
+        out.append(f"| {row['storage']} | {row['beton_mib']:,.0f} | {row['res']} | "
+                   f"{_rate(row['loader_crop']['images_per_second_stats'])} | "
+                   f"{_rate(row['loader']['images_per_second_stats'])} | {ratio(row['loader_crop'])} | "
+                   f"{ratio(row['loader'])} | {_load(row['loader'])} |")
+    return out + [""]
 
 
 def _ms(stats: dict) -> str:

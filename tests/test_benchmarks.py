@@ -71,6 +71,9 @@ def test_quick_suite_writes_results_of_every_benchmark(tmp_path):
         assert row["ratio"] > 0 and row["ratio_crop"] > 0
         assert row["stage"]["stage"] == "cpu_stage" and row["stage"]["project_ms"]["median"] > 0
         assert row["stage"]["reference_ms"]["median"] > 0
+    assert {row["storage"] for row in raw["storage"]} == {"raw", "proportion"}
+    for row in raw["storage"]:
+        assert row["loader"]["images_per_second"] > 0 and row["loader_crop"]["images_per_second"] > 0
     for key in ("loader_train", "loader_crop_only", "ffcv_decode_only", "cv2_decode"):
         assert raw["decode_limit"][key]["images_per_second"] > 0
     for row in raw["train_step"]:
@@ -87,7 +90,7 @@ def test_quick_suite_writes_results_of_every_benchmark(tmp_path):
     assert raw["omp"]["applied"] is False  # torch was loaded before main(): the spin count cannot apply
     text = results.read_text()
     for heading in ("## Machine and versions", "## Loader vs torchvision DataLoader",
-                    "## Loader vs the decode limit", "## Training with the real loader", "## Conversion",
+                    "## Loader vs the decode limit", "## The loader on other storage", "## Training with the real loader", "## Conversion",
                     "## Sweep rerun", "## How to run on the lent GPU"):
         assert heading in text
     assert "not measured yet" in text and "Quick mode" in text
