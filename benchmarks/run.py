@@ -81,7 +81,7 @@ def default_workers() -> int:
 
 def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, only: tuple[str, ...],
               log=print) -> dict[str, Any]:
-    from benchmarks import (conversion, decode_limit, loader, storage, suite_data, sweep_rerun, torchvision_loader,
+    from benchmarks import (conversion, decode_limit, device_decode, loader, storage, suite_data, sweep_rerun, torchvision_loader,
                             train_step)
     from benchmarks.measure import load_average, machine, versions
 
@@ -124,7 +124,10 @@ def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, o
             "loader_crop_only": loader.measure_loader(data.beton_dir, res=res, mode="crop", **common),
             "ffcv_decode_only": loader.measure_loader(data.beton_dir, res=res, mode="decode", **common),
             "cv2_decode": decode_limit.measure_cv2_decode(data.beton_dir, workers=workers,
-                                                          passes=profile.decode_passes)}
+                                                          passes=profile.decode_passes),
+            "device_decode": device_decode.measure_device_decode(data.beton_dir, res=res,
+                                                                 batch_size=profile.batch_size,
+                                                                 epochs=profile.loader_epochs, device=device)}
 
     if "train_step" in only:
         rows = []
@@ -267,8 +270,12 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
         names = [("loader_train", "grainsweep loader (decode + crop + device stage)"),
                  ("loader_crop_only", "grainsweep loader without device stage (decode + crop)"),
                  ("ffcv_decode_only", "ffcv SimpleRGBImageDecoder only (full-size decode)"),
-                 ("cv2_decode", "cv2.imdecode in a thread pool (decode only, no batching)")]
+                 ("cv2_decode", "cv2.imdecode in a thread pool (decode only, no batching)"),
+                 ("device_decode", f"torchvision decode_jpeg on `{results['device']}` + batched roi_align crop "
+                                   "(benchmarks/device_decode.py)")]
         for key, label in names:
+            if key not in dl:  # results of a run before this figure existed
+                continue
             r = dl[key]
             out.append(f"| {label} | {_rate(r['images_per_second_stats'])} | "
                        f"{r['images_per_second'] / limit:.0%} | {_load(r)} |")
