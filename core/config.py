@@ -1,6 +1,10 @@
 """Typed, strict configuration: frozen dataclasses are the schema, YAML files and dotted overrides the input.
 
-Values merge defaults -> YAML file -> `--set a.b=value` overrides. An unknown key or a value of the wrong type
+Values merge defaults -> YAML file -> `--set a.b=value` overrides. Sections (dataclasses) merge key by key. A
+dict-typed field (free keys, e.g. model.kwargs) given whole - `model.kwargs={depth: 2}`, a mapping in a YAML
+file, or inside `model={name: bmlp, kwargs: {...}}` - replaces the earlier value, since those keys belong to
+the earlier model; a dotted override that reaches inside it (`model.kwargs.depth=2`) changes that key alone.
+An unknown key or a value of the wrong type
 fails with a ConfigError naming the dotted key, so a typo never goes unnoticed (nanoGPT's configurator and
 dinov2's utils/config.py do the same).
 """
@@ -90,19 +94,25 @@ def _override_to_dict(item: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    out: dict = {}
+    out: dict = _DottedPath()
     node = out
     parts = dotted.split(".")
     for p in parts[:-1]:
-        node = node.setdefault(p, {})
+        node = node.setdefault(p, _DottedPath())
     node[parts[-1]] = value
     return out
+
+
+class _DottedPath(dict):
+    """The levels of an override's dotted key: merged key by key, also inside a dict-typed field."""
 
 
 def _merge(base: Any, new: Any, key: str, tp: Any = None) -> Any:
     """Merges `new` into `base`; keys of a dataclass section must exist, keys of a dict-typed field are free."""
     if isinstance(base, dict) and isinstance(new, dict):
         hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else None
+        if hints is None and tp is not None and not isinstance(new, _DottedPath):
+            return new  # a dict-typed field given whole replaces the earlier dict (see the module docstring)
         out = dict(base)
         for k, v in new.items():
             sub = f"{key}.{k}" if key else str(k)

@@ -95,9 +95,28 @@ class WithKwargs:
 
 
 def test_dict_fields_take_free_keys_but_sections_do_not():
-    cfg = cfglib.load(WithKwargs, None, ["kwargs.depth=2", "kwargs={width: 3}"])
+    cfg = cfglib.load(WithKwargs, None, ["kwargs.depth=2", "kwargs.width=3"])
     assert cfg.kwargs == {"depth": 2, "width": 3}
     with pytest.raises(ConfigError, match="kwargs.depth"):
         cfglib.load(WithKwargs, None, ["kwargs.depth=deep"])
     with pytest.raises(ConfigError, match="train.depth"):
         cfglib.load(WithKwargs, None, ["train.depth=2"])
+
+
+def test_a_dict_field_given_whole_replaces_the_earlier_one(tmp_path):
+    # the earlier keys belong to the earlier model: a new mapping starts afresh, a dotted key changes one key
+    file = tmp_path / "run.yaml"
+    file.write_text("kwargs: {channels: 4, depth: 2}\n")
+    assert cfglib.load(WithKwargs, file, []).kwargs == {"channels": 4, "depth": 2}
+    assert cfglib.load(WithKwargs, file, ["kwargs={width: 3}"]).kwargs == {"width": 3}
+    assert cfglib.load(WithKwargs, file, ["kwargs.width=3"]).kwargs == {"channels": 4, "depth": 2, "width": 3}
+    assert cfglib.load(WithKwargs, file, ["kwargs={}"]).kwargs == {}
+    base = {"kwargs": {"channels": 4}}
+    assert cfglib.load(WithKwargs, None, ["kwargs={depth: 1}"], base=base).kwargs == {"depth": 1}
+
+
+def test_a_whole_model_section_override_does_not_keep_the_old_model_kwargs():
+    from core.run_config import RunConfig
+    base = cfglib.to_dict(cfglib.load(RunConfig, None, ["model.kwargs={channels: [8, 16, 32, 64]}"]))
+    cfg = cfglib.load(RunConfig, None, ["model={name: bmlp, kwargs: {depth: 2, width: 32}}"], base=base)
+    assert cfg.model.name == "bmlp" and cfg.model.kwargs == {"depth": 2, "width": 32}
