@@ -19,10 +19,17 @@ class DataConfig:
     os_cache: bool = True  # page cache (True) or ffcv's own process cache (False, for data > RAM)
     scale: tuple[float, float] = (0.35, 1.0)  # RandomResizedCrop area range
     flip: bool = True  # random horizontal flip (done in the device stage)
+    # keep the decoded data set on the training device and crop there (core/resident.py): for small betons
+    # (CIFAR, the synthetic presets), where ffcv's per-epoch CPU decode is the bottleneck; workers and os_cache
+    # are then unused, quasi_random is served as random
+    resident: bool = False
+    resident_max_gb: float = 8.0  # cap per split on N x H x W x 3 bytes (H, W the largest stored size), GB = 1e9
 
     def __post_init__(self) -> None:
         if self.resolution < 8 or self.batch_size < 1 or self.val_batch_size < 1 or self.workers < 1:
             raise ValueError("resolution >= 8, batch sizes >= 1 and workers >= 1 are required")
+        if self.resident_max_gb <= 0:
+            raise ValueError(f"resident_max_gb must be > 0, got {self.resident_max_gb}")
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ from core.run_config import RunConfig
 from core.select_data import PairedAugment, PairedLoader, selected_augment
 from core.select_heads import SelectedObjective, TwoHeadModel
 from core.selection import COST_SCALE, REG, REG_M_SOURCE, REG_M_TARGET, select_classes
-from core.train_run import (Parts, RunConfigError, build_parts, check_data, resolve_device,
-                            resolve_precision)
+from core.train_run import (Parts, RunConfigError, build_parts, build_run_loader, check_data,
+                            resolve_device, resolve_precision)
 
 SELECTION_FILE = "selection.json"
 
@@ -147,11 +147,11 @@ def selected_parts(cfg: RunConfig, model: nn.Module, record: dict, select: Selec
     objective = SelectedObjective(level, h.level(level).num_classes, k, cfg.data.batch_size, select.lam,
                                   cfg.optim.label_smoothing)
     parts = build_parts(cfg, model=TwoHeadModel(model, k, seed=cfg.train.seed), objective=objective)
-    selected = build_loader(record["source_beton"], split="train", batch_size=n_selected,
-                            num_workers=cfg.data.workers, levels=[record["source_level"]],
-                            resolution=parts.train_loader.resolution, order=cfg.data.order,
-                            os_cache=cfg.data.os_cache, distributed=False, drop_last=True, seed=cfg.train.seed,
-                            device=parts.device, scale=cfg.data.scale, indices=selected_rows(record))
+    # through the run's loader choice: with data.resident the selected rows are held on the device too
+    selected = build_run_loader(cfg, Path(record["source_beton"]), split="train", batch_size=n_selected,
+                                levels=[record["source_level"]], resolution=parts.train_loader.resolution,
+                                order=cfg.data.order, drop_last=True, seed=cfg.train.seed, device=parts.device,
+                                scale=cfg.data.scale, indices=selected_rows(record))
     if len(selected) == 0:
         raise RunConfigError(f"select batch size {n_selected} is larger than the {record['images']} selected "
                              "images; lower it (--select-batch-size) or select more classes")

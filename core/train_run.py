@@ -24,6 +24,7 @@ from core.engine import Precision, evaluate, train_epoch
 from core.loader import BetonLoader, GpuBatches, beton_columns, build_loader
 from core.models import to_channels_last
 from core.optim import build_optimizer
+from core.resident import ResidentLoader, ResidentMemoryError, build_resident_loader
 from core.run_config import RunConfig
 from core.objective import Objective
 from core.run_log import RunLog
@@ -77,8 +78,8 @@ class Parts:
     precision: Precision
     model: torch.nn.Module
     forward: Any
-    train_loader: BetonLoader
-    val_loader: BetonLoader
+    train_loader: BetonLoader | ResidentLoader
+    val_loader: BetonLoader | ResidentLoader
     train_augment: GpuAugment
     val_augment: GpuAugment
     optimizer: torch.optim.Optimizer
@@ -141,19 +142,18 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
     # data
     val_beton = data / derived_lib.eval_beton(data, level)  # val.beton but for a level that labels no val sample
     extras = ["hard"] if "hard" in beton_columns(val_beton) else []
-    common = dict(num_workers=cfg.data.workers, os_cache=cfg.data.os_cache, distributed=False,
-                  seed=cfg.train.seed, device=device)
     start_res = resolution_at(0, cfg.data.resolution, cfg.train.progressive)
-    train_loader = build_loader(data / "train.beton", split="train", batch_size=cfg.data.batch_size,
-                                levels=list(objective.train_levels), resolution=start_res, order=cfg.data.order,
-                                drop_last=True, scale=cfg.data.scale, **common)
+    train_loader = build_run_loader(cfg, data / "train.beton", split="train", batch_size=cfg.data.batch_size,
+                                    levels=list(objective.train_levels), resolution=start_res,
+                                    order=cfg.data.order, drop_last=True, scale=cfg.data.scale,
+                                    seed=cfg.train.seed, device=device)
     if len(train_loader) == 0:
         raise RunConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                              f"({data / 'train.beton'}); with drop_last no step would run")
-    val_loader = build_loader(val_beton, split="val", batch_size=cfg.data.val_batch_size,
-                              levels=h.names[h.index(level):], resolution=cfg.data.val_resolution or
-                              cfg.data.resolution, order="sequential", drop_last=False, extra_columns=extras,
-                              **common)
+    val_loader = build_run_loader(cfg, val_beton, split="val", batch_size=cfg.data.val_batch_size,
+                                  levels=h.names[h.index(level):], resolution=cfg.data.val_resolution or
+                                  cfg.data.resolution, order="sequential", drop_last=False, extra_columns=extras,
+                                  seed=cfg.train.seed, device=device)
     act_dtype = precision.dtype or torch.float32
     train_augment = GpuAugment(device=device, dtype=act_dtype, flip=cfg.data.flip,
                                mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha,
@@ -170,6 +170,19 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
                           final_lr_fraction=cfg.optim.final_lr_fraction)
     return Parts(h, level, device, precision, model, forward, train_loader, val_loader, train_augment,
                  val_augment, optimizer, schedule, build_loss(cfg.optim.label_smoothing), objective)
+
+
+def build_run_loader(cfg: RunConfig, path: Path, **kw: Any) -> BetonLoader | ResidentLoader:
+    """A run's training or validation loader: core.loader.build_loader, or with data.resident the device-resident
+    loader (core/resident.py) on the same arguments (ffcv's workers/os_cache/distributed then have no meaning)."""
+    if not cfg.data.resident:
+        return build_loader(path, num_workers=cfg.data.workers, os_cache=cfg.data.os_cache, distributed=False,
+                            **kw)
+    try:
+        return build_resident_loader(path, max_bytes=int(cfg.data.resident_max_gb * 1e9), **kw)
+    except ResidentMemoryError as e:
+        raise RunConfigError(f"data.resident=true: {e}; raise data.resident_max_gb if the device has the memory, "
+                             "or set data.resident=false (ffcv decodes on the CPU)") from None
 
 
 def _num_classes(h: hlib.Hierarchy, data: Path, level: str) -> int:

@@ -28,6 +28,7 @@ from core.run_config import RunConfig
 from launch.sweep_config import SweepConfig
 
 PLAN_FILE = "plan.json"
+_ABSENT = object()
 RUNS_DIR = "runs"
 LOGS_DIR = "logs"
 CACHE_DIR = "inductor-cache"  # TORCHINDUCTOR_CACHE_DIR of every job: reruns reuse compiled graphs
@@ -91,7 +92,14 @@ def load_plan(sweep_dir: str | Path) -> Plan:
     return Plan(sweep_dir, d["dataset"], d["target_level"], d["classes"], [JobSpec(**j) for j in d["jobs"]])
 
 
+# RunConfig fields added after sweeps were already being run, with their defaults: a field at its default is left
+# out of the hash, so runs planned before the field existed keep their folders (and are skipped, not rerun)
+LATER_FIELDS = {("data", "resident"): False, ("data", "resident_max_gb"): 8.0}
+
+
 def run_hash(config: dict, kind: str, source: str = "", mode: str = "", options: dict | None = None) -> str:
+    config = {section: {k: v for k, v in values.items() if LATER_FIELDS.get((section, k), _ABSENT) != v}
+              if isinstance(values, dict) else values for section, values in config.items()}
     d = {"config": config, "kind": kind, "source": source, "mode": mode}
     if options:  # only where there are some, so folders planned before `options` existed keep their names
         d["options"] = options

@@ -217,3 +217,14 @@ def test_status_report_and_planning_do_not_import_torch():
             "print(sorted(m for m in ('torch', 'ffcv', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_fields_added_later_keep_folder_names_at_their_defaults():
+    from core.run_config import RunConfig
+    config = cfglib.to_dict(cfglib.load(RunConfig, None, []))
+    older = {section: {k: v for k, v in values.items() if (section, k) not in planlib.LATER_FIELDS}
+             for section, values in config.items()}  # a resolved config from before those fields existed
+    assert all(config[s][k] == default for (s, k), default in planlib.LATER_FIELDS.items())
+    assert planlib.run_hash(config, "pretrain") == planlib.run_hash(older, "pretrain")
+    changed = cfglib.to_dict(cfglib.load(RunConfig, None, ["data.resident=true"]))
+    assert planlib.run_hash(changed, "pretrain") != planlib.run_hash(config, "pretrain")
