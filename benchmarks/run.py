@@ -32,6 +32,7 @@ class TrainCase:
     batch_size: int  # images per step
     model_kwargs: dict = field(default_factory=dict)
     train_per_leaf: int = 0  # 0 = the suite's dataset; else a smaller one (CPU: few steps for a big model)
+    resident: bool = False  # the real loader is data.resident's (decoded set on the device) instead of ffcv's
 
 
 @dataclass(frozen=True)
@@ -56,18 +57,20 @@ PROFILES: dict[str, Profile] = {
     # tiny everything, one measured repetition: proves the code paths, measures nothing useful
     "quick": Profile(preset="tiny", image_size=48, train_per_leaf=4, resolutions=(32,), batch_size=8,
                      loader_epochs=2, decode_passes=2, conversion_runs=1, train_epochs=1,
-                     train=(TrainCase("bmlp", 32, 8, {"depth": 1, "width": 32}),),
+                     train=(TrainCase("bmlp", 32, 8, {"depth": 1, "width": 32}),
+                            TrainCase("bmlp", 32, 8, {"depth": 1, "width": 32}, resident=True)),
                      sweep_seeds=1, sweep_all_levels=False, sweep_reruns=1, compile_runs=1),
     # 2 CPU cores: 1,152 images at 256 px; ResNet-50 on 144 images (9 steps of 16) since a CPU step takes seconds
     "cpu": Profile(preset="large", image_size=256, train_per_leaf=8, resolutions=(64, 160, 224), batch_size=64,
                    loader_epochs=4, decode_passes=4, conversion_runs=3, train_epochs=2,
-                   train=(TrainCase("bmlp", 64, 64),
+                   train=(TrainCase("bmlp", 64, 64), TrainCase("bmlp", 64, 64, resident=True),
                           TrainCase("resnet50", 160, 16, train_per_leaf=1)),
                    sweep_seeds=2, sweep_all_levels=True, sweep_reruns=3, compile_runs=2),
     # one H100 + 16 cores: 9,216 images at 256 px, bf16 + torch.compile as `grainsweep train` on CUDA
     "cuda": Profile(preset="large", image_size=256, train_per_leaf=64, resolutions=(64, 160, 224), batch_size=256,
                     loader_epochs=5, decode_passes=5, conversion_runs=3, train_epochs=3,
-                    train=(TrainCase("bmlp", 64, 256), TrainCase("resnet50", 160, 256),
+                    train=(TrainCase("bmlp", 64, 256), TrainCase("bmlp", 64, 256, resident=True),
+                           TrainCase("resnet50", 160, 256),
                            TrainCase("resnet50", 192, 256)),
                     sweep_seeds=2, sweep_all_levels=True, sweep_reruns=3, compile_runs=2),
 }
@@ -136,11 +139,13 @@ def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, o
             if case.train_per_leaf:
                 case_data = suite_data.build(data_root, preset=profile.preset, image_size=profile.image_size,
                                              train_per_leaf=case.train_per_leaf, workers=workers).beton_dir
-            log(f"train step: {case.model} at {case.res} px, batch {case.batch_size}")
+            log(f"train step: {case.model} at {case.res} px, batch {case.batch_size}"
+                f"{', data.resident' if case.resident else ''}")
             rows.append(train_step.measure_train_step(case_data, model=case.model, res=case.res,
                                                       batch_size=case.batch_size, workers=workers,
                                                       epochs=profile.train_epochs, device=device,
-                                                      model_kwargs=case.model_kwargs or None))
+                                                      model_kwargs=case.model_kwargs or None,
+                                                      resident=case.resident))
         results["train_step"] = rows
 
     if "conversion" in only:
@@ -285,12 +290,15 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
         out += ["## Training with the real loader vs data already on the device", "",
                 "Same model, compile, precision and device stage (built by core.train_run.build_parts); the "
                 "on-device side trains on the warm-up epoch's batches, kept on the device. Loader cost = 1 - real / "
-                "on-device. Targets (GPU): ResNet-50 real >= 95% of on-device; the MLP at 64 px not loader-bound.", "",
+                "on-device. Targets (GPU): ResNet-50 real >= 95% of on-device; the MLP at 64 px not loader-bound. Rows "
+                "marked data.resident load through core/resident.py (the decoded set held on the device, crops "
+                "there) instead of ffcv.", "",
                 "| model | px | batch | steps/epoch | real loader img/s | on-device img/s | real/on-device | "
                 "data wait | load before/after |", "|---|---|---|---|---|---|---|---|---|"]
         for r in results["train_step"]:
             s = r["settings"]
-            out.append(f"| {r['model']}{' ' + str(s['model_kwargs']) if s['model_kwargs'] else ''} | {s['res']} | "
+            out.append(f"| {r['model']}{' ' + str(s['model_kwargs']) if s['model_kwargs'] else ''}"
+                       f"{', data.resident' if s.get('resident') else ''} | {s['res']} | "
                        f"{s['batch_size']} | {s['steps_per_epoch']} | {_rate(r['real_loader'])} | "
                        f"{_rate(r['on_device'])} | {r['real_over_on_device']:.0%} | "
                        f"{r['data_wait_fraction']['median']:.0%} | {_load(r)} |")

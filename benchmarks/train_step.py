@@ -65,22 +65,24 @@ class OnDeviceBatches:
 
 
 def run_config(data: str | Path, *, model: str, res: int, batch_size: int, workers: int, device: str,
-               compile: str, epochs: int, model_kwargs: dict | None = None):
+               compile: str, epochs: int, model_kwargs: dict | None = None, resident: bool = False):
     from core import config as cfglib
     from core.run_config import RunConfig
 
     sets = [f"data.path={data}", f"model.name={model}", f"data.resolution={res}", f"data.batch_size={batch_size}",
             f"data.workers={workers}", f"train.device={device}", f"model.compile={compile}",
-            f"train.epochs={epochs}"]
+            f"train.epochs={epochs}", f"data.resident={str(resident).lower()}"]
     if model_kwargs:
         sets.append("model.kwargs={" + ", ".join(f"{k}: {v}" for k, v in model_kwargs.items()) + "}")
     return cfglib.load(RunConfig, None, sets)
 
 
 def measure_train_step(data: str | Path, *, model: str, res: int, batch_size: int, workers: int, epochs: int,
-                       device: str = "cpu", compile: str = "auto", model_kwargs: dict | None = None
-                       ) -> dict[str, Any]:
-    """Images/s of training with the real loader and with on-device data, `epochs` measured epochs each."""
+                       device: str = "cpu", compile: str = "auto", model_kwargs: dict | None = None,
+                       resident: bool = False) -> dict[str, Any]:
+    """Images/s of training with the real loader and with on-device data, `epochs` measured epochs each.
+    resident: the real loader is data.resident's (the decoded set on the device, crops there: core/resident.py)
+    instead of ffcv's."""
     from core.engine import train_epoch
     from core.loader import GpuBatches
     from core.train_run import build_parts
@@ -88,7 +90,7 @@ def measure_train_step(data: str | Path, *, model: str, res: int, batch_size: in
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1 (one more per side is run first as warm-up), got {epochs}")
     cfg = run_config(data, model=model, res=res, batch_size=batch_size, workers=workers, device=device,
-                     compile=compile, epochs=2 * (epochs + 1), model_kwargs=model_kwargs)
+                     compile=compile, epochs=2 * (epochs + 1), model_kwargs=model_kwargs, resident=resident)
     p = build_parts(cfg)
     dev = p.device
     source = _CaptureEpoch(p.train_loader)
@@ -121,5 +123,5 @@ def measure_train_step(data: str | Path, *, model: str, res: int, batch_size: in
                          "epochs": epochs, "warmup_epochs": 1, "device": str(dev),
                          "compiled": p.forward is not p.model,
                          "precision": str(p.precision.dtype) if p.precision.dtype else "fp32",
-                         "channels_last": cfg.model.channels_last},
+                         "channels_last": cfg.model.channels_last, "resident": resident},
             "versions": versions(), "load_average": {"before": load_before, "after": load_average()}}

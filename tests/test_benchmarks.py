@@ -76,6 +76,7 @@ def test_quick_suite_writes_results_of_every_benchmark(tmp_path):
         assert row["loader"]["images_per_second"] > 0 and row["loader_crop"]["images_per_second"] > 0
     for key in ("loader_train", "loader_crop_only", "ffcv_decode_only", "cv2_decode", "device_decode"):
         assert raw["decode_limit"][key]["images_per_second"] > 0
+    assert [row["settings"]["resident"] for row in raw["train_step"]] == [False, True]
     for row in raw["train_step"]:
         assert row["real_loader"]["median"] > 0 and row["on_device"]["median"] > 0
         assert 0.0 <= row["data_wait_fraction"]["median"] <= 1.0
