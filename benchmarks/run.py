@@ -60,9 +60,11 @@ PROFILES: dict[str, Profile] = {
                      train=(TrainCase("bmlp", 32, 8, {"depth": 1, "width": 32}),
                             TrainCase("bmlp", 32, 8, {"depth": 1, "width": 32}, resident=True)),
                      sweep_seeds=1, sweep_all_levels=False, sweep_reruns=1, compile_runs=1),
-    # 2 CPU cores: 1,152 images at 256 px; ResNet-50 on 144 images (9 steps of 16) since a CPU step takes seconds
+    # 2 CPU cores: 1,152 images at 256 px (an epoch takes ~0.5 s at 224 px: 9 measured epochs a figure, since
+    # 3 gave figures that moved by a third between runs); ResNet-50 on 144 images (9 steps of 16) since a CPU
+    # step takes seconds
     "cpu": Profile(preset="large", image_size=256, train_per_leaf=8, resolutions=(64, 160, 224), batch_size=64,
-                   loader_epochs=4, decode_passes=4, conversion_runs=3, train_epochs=2,
+                   loader_epochs=10, decode_passes=6, conversion_runs=3, train_epochs=2,
                    train=(TrainCase("bmlp", 64, 64), TrainCase("bmlp", 64, 64, resident=True),
                           TrainCase("resnet50", 160, 16, train_per_leaf=1)),
                    sweep_seeds=2, sweep_all_levels=True, sweep_reruns=3, compile_runs=2),
@@ -84,8 +86,8 @@ def default_workers() -> int:
 
 def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, only: tuple[str, ...],
               log=print) -> dict[str, Any]:
-    from benchmarks import (conversion, decode_limit, device_decode, loader, storage, suite_data, sweep_rerun, torchvision_loader,
-                            train_step)
+    from benchmarks import (conversion, decode_limit, device_decode, loader, storage, suite_data, sweep_rerun,
+                            torchvision_loader, train_step)
     from benchmarks.measure import load_average, machine, versions
 
     results: dict[str, Any] = {"machine": machine(), "versions": versions(), "device": device,
@@ -260,7 +262,16 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
                     "Before, the eager reference took 120-160 ms a batch at 224 px (batch 64) and held the loader "
                     "at 0.8x torchvision at 224 px. Compiling does not pay on the CPU: the compiled reference took "
                     "104 ms a batch against cpu_stage's 11 ms, side by side (224 px, batch 64, load 2.5, "
-                    "2026-11-23), after 20-60 s of compile from a cold cache.", ""]
+                    "2026-11-23), after 20-60 s of compile from a cold cache.", "",
+                    "Two changes of 2026-11-23 (session 3) in the loader itself: on the CPU it no longer appends "
+                    "ffcv's ToDevice (a copy of every batch in the main thread; decode + crop at 224 px: 2,376 "
+                    "img/s without against 1,805 with it, side by side in one process, 2 workers, load ~1), and "
+                    "JPEGs are decoded at "
+                    "the smallest of libjpeg-turbo's fast DCT scales (1/8, 1/4, 1/2) that keeps the crop at least the "
+                    "output size (core/seeded_crop.py; at 64 px 2,604 against 2,115 img/s side by side; at 160 and "
+                    "224 px no change, crops of 256 px images being too small for 1/2). Why 160 px is the slowest "
+                    "row: its crops are mostly shrunk by less than 2x, which ffcv does with cv2 INTER_AREA at a "
+                    "fractional ratio, the costly case; at 224 px most crops are enlarged.", ""]
 
     if "storage" in results:
         out += _render_storage(results)
@@ -276,7 +287,7 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
                  ("loader_crop_only", "grainsweep loader without device stage (decode + crop)"),
                  ("ffcv_decode_only", "ffcv SimpleRGBImageDecoder only (full-size decode)"),
                  ("cv2_decode", "cv2.imdecode in a thread pool (decode only, no batching)"),
-                 ("device_decode", f"torchvision decode_jpeg on `{results['device']}` + batched roi_align crop "
+                 ("device_decode", f"torchvision decode_jpeg on `{results['device']}` + batched grid_sample crop "
                                    "(benchmarks/device_decode.py)")]
         for key, label in names:
             if key not in dl:  # results of a run before this figure existed
@@ -352,8 +363,11 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
             "per command, run it in parts that add up in one report, keeping the raw figures in the ignored "
             "`data/bench/` (kept between calls on a warm machine): first `--only "
             "loader_vs_torchvision,decode_limit,conversion --json data/bench/results-cuda.json --results "
-            "$OUT/RESULTS.md`, then `--only train_step --merge` and `--only sweep_rerun --merge` with the same two "
-            "paths, and copy `data/bench/results-cuda.json` to `$OUT`. One loader figure alone: "
+            "$OUT/RESULTS.md`, then `--only storage --merge`, `--only train_step --merge` and `--only sweep_rerun "
+            "--merge` with the same two paths, and copy `data/bench/results-cuda.json` to `$OUT`. The routes for "
+            "a CPU-bound GPU machine are all in that run: raw storage (storage), the device-resident data set "
+            "(train_step's data.resident row) and JPEG decode on the GPU (decode_limit's decode_jpeg row). "
+            "One loader figure alone: "
             "`grainsweep bench loader --data data/bench/large-256px-64perleaf --res 224 --workers 16 "
             "--batch-size 256 --epochs 5 --device cuda`.", ""]
     if not cuda:
@@ -420,10 +434,10 @@ def _render_sweep_rerun(r: dict[str, Any]) -> list[str]:
                    f"{_seconds(c['process'])} | {caches} | {_load(r)} |")
     out += ["", f"Later steps took {r['warm']['runs'][0]['later_step_seconds'] * 1000:.0f} ms each; imports "
                 f"alone (torch, timm, ffcv) {r['warm']['runs'][0]['import_seconds']:.1f} s of the warm process. "
-                "The rerun command's time is start-up and imports, not planning: `import launch.sweep` alone took "
-                "16.4 s (`python -c`, load 2.4, 2026-11-23; `import torch` 3.6 s), because launch.status imports "
-                "core.train_run, which loads torch, timm and ffcv (`python -X importtime`), none of which a skip "
-                "needs.", ""]
+                "The rerun command's time is start-up and imports, not planning. It was 12.6 s while launch.status "
+                "imported core.train_run (torch, timm and ffcv; `import launch.sweep` alone took 16.4 s at load "
+                "2.4); status and report now read run folders through core/run_state.py, which imports no torch. "
+                "Planning still imports torch and timm to check the model (launch/plan._check_model).", ""]
     return out
 
 

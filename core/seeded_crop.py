@@ -8,16 +8,17 @@ seeded order (a fresh permutation every epoch for RANDOM), so crops change from 
 function of (seed, epoch): same seed, same crops; resume at epoch e, same crops as an uninterrupted run.
 
 Reduced-scale decoding. A crop that is resized *down* to the output does not need every pixel of the JPEG:
-libjpeg-turbo can decode at k/8 of the stored size (k = 1..8) in the DCT domain, skipping most of the inverse
-DCT, colour conversion and the INTER_AREA reduction afterwards. Both decoders here draw the crop first (in
-stored pixels, the same draw as before), pick the smallest k whose scaled crop still covers the output size, and
-decode at that scale through ffcv's own `imdecode` (its `scale_factor_num/denom` arguments, which ffcv itself
-always sets to 1/1; TurboJPEG picks the scale from the size asked, TJSCALED = ceil(size * k / 8)). The crop
-box is mapped to the scaled image (each edge to the nearest scaled pixel: under half an output pixel off) and
-resized with ffcv's `resize_crop` as before. At 224 px crops of 256 px images k is 8 (nothing changes); at 64 px
-most crops decode at 1/4 to 1/2. Raw (uncompressed) images are cropped as stored. The output is not bit-equal
-to a full decode + INTER_AREA (a different, also antialiased, reduction): tests/test_loader.py bounds the
-difference. Measured gains are in benchmarks/RESULTS.md.
+libjpeg-turbo can decode at k/8 of the stored size in the DCT domain, skipping most of the inverse DCT, colour
+conversion and the INTER_AREA reduction afterwards. Both decoders here draw the crop first (in stored pixels,
+the same draw as before), pick the smallest k of 1, 2, 4 (the fast scales, see `dct_eighths`) whose scaled crop
+still covers the output size, else 8, and decode at that scale through ffcv's own `imdecode` (its
+`scale_factor_num/denom` arguments, which ffcv itself always sets to 1/1; TurboJPEG picks the scale from the
+size asked, TJSCALED = ceil(size * k / 8)). The crop box is mapped to the scaled image (each edge to the
+nearest scaled pixel: under half an output pixel off) and resized with ffcv's `resize_crop` as before. For
+crops of 256 px images k is 8 at 160 and 224 px (nothing changes); at 64 px most crops decode at 1/4 or 1/2.
+Raw (uncompressed) images are cropped as stored. The output is not bit-equal to a full decode + INTER_AREA (a
+different, also antialiased, reduction): tests/test_scaled_decode.py bounds the difference. Measured gains are
+in benchmarks/RESULTS.md.
 
 The bodies of `generate_code` follow ffcv's ResizedCropRGBImageDecoder.generate_code.
 """
@@ -48,11 +49,18 @@ def _splitmix(state: np.uint64, value: np.uint64) -> np.uint64:
 
 
 def dct_eighths(crop_h: int, crop_w: int, out_h: int, out_w: int) -> int:
-    """The smallest k in 1..8 such that a crop of crop_h x crop_w stored pixels, decoded at k/8, still has at
-    least out_h x out_w pixels (8 when even the full scale is smaller: the crop is then resized up)."""
-    for k in range(1, DCT_EIGHTHS):
+    """The smallest k of 1, 2, 4 such that a crop of crop_h x crop_w stored pixels, decoded at k/8, still has at
+    least out_h x out_w pixels; else 8 (the full scale).
+
+    Only 1/8, 1/4 and 1/2 are cheaper than a full decode: libjpeg-turbo's reduced IDCTs for them are SIMD, while
+    3/8, 5/8, 3/4 and 7/8 run a generic scaled IDCT that is slower than the full-size SIMD one (one thread, the
+    suite's 256 px q90 JPEGs: 1/8 3,237, 1/4 2,409, 1/2 2,505, 5/8 1,752, 3/4 1,345, 7/8 1,402, 8/8 2,058
+    decodes/s; with 5/8-7/8 allowed the loader at 160 px fell from ~2,400 to ~1,600 img/s)."""
+    k = 1
+    while k < DCT_EIGHTHS:
         if crop_h * k >= DCT_EIGHTHS * out_h and crop_w * k >= DCT_EIGHTHS * out_w:
             return k
+        k *= 2
     return DCT_EIGHTHS
 
 
