@@ -1,8 +1,8 @@
 """JPEG decode on the training device: torchvision.io.decode_jpeg over a batch of the beton's stored JPEGs
 (nvJPEG on CUDA; libjpeg-turbo on the CPU), then every sample's RandomResizedCrop as one batched bilinear
 grid_sample (core.resident's boxes and crop_resize, what data.resident runs), uint8 NHWC out, as the loader hands
-to the device stage. The issue's third route for a GPU machine whose CPU decode is the limit; measured here beside ffcv's
-CPU decode on the same bytes.
+to the device stage. The issue's third route for a GPU machine whose CPU decode is the limit; measured here
+beside ffcv's CPU decode on the same bytes.
 
 What it needs: every stored image of one size (the suite's are; one stacked batch), the JPEG bytes in host
 memory (read once from the beton, `suite_data.stored_jpegs`). Not a loader:

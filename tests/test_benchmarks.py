@@ -91,7 +91,8 @@ def test_quick_suite_writes_results_of_every_benchmark(tmp_path):
     assert raw["omp"]["applied"] is False  # torch was loaded before main(): the spin count cannot apply
     text = results.read_text()
     for heading in ("## Machine and versions", "## Loader vs torchvision DataLoader",
-                    "## Loader vs the decode limit", "## The loader on other storage", "## Training with the real loader", "## Conversion",
+                    "## Loader vs the decode limit", "## The loader on other storage",
+                    "## Training with the real loader", "## Conversion",
                     "## Sweep rerun", "## How to run on the lent GPU"):
         assert heading in text
     assert "not measured yet" in text and "Quick mode" in text
@@ -122,15 +123,3 @@ def test_sweep_rerun_settings_form_a_valid_sweep_and_bad_arguments_fail_fast(tmp
         sweep_rerun.measure_sweep_rerun(tmp_path / "r", reruns=0)
     assert sweep_rerun.main(["first-step"]) == 2 and "usage" in capsys.readouterr().err
 
-
-def test_device_decode_boxes_follow_random_resized_crop():
-    from benchmarks.device_decode import RATIO, crop_boxes
-    boxes = crop_boxes(2000, 48, 64, (0.2, 0.9), torch.Generator().manual_seed(0))
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 64).all() and (boxes[:, 3] <= 48).all()
-    drawn = (w < 64) | (h < 48)  # the rest fell back to the whole image
-    area, aspect = (w * h / (48 * 64))[drawn], (w / h)[drawn]
-    # rounding the sides to whole pixels moves area and aspect a little past the drawn ranges
-    assert area.min() > 0.2 * 0.9 and area.max() < 0.9 * 1.1
-    assert aspect.min() > RATIO[0] * 0.9 and aspect.max() < RATIO[1] * 1.1
-    assert drawn.float().mean() > 0.9
