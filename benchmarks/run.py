@@ -393,7 +393,22 @@ def _render_storage(results: dict[str, Any]) -> list[str]:
                    f"{_rate(row['loader_crop']['images_per_second_stats'])} | "
                    f"{_rate(row['loader']['images_per_second_stats'])} | {ratio(row['loader_crop'])} | "
                    f"{ratio(row['loader'])} | {_load(row['loader'])} |")
-    return out + [""]
+    out.append("")
+    res = max(tv) if tv else None
+    jpeg = next((r for r in results.get("loader_vs_torchvision", []) if r["res"] == res), None)
+    raw = next((r for r in results["storage"] if r["storage"] == "raw" and r["res"] == res), None)
+    if jpeg and raw:
+        best = max(jpeg["ratio"], raw["loader"]["images_per_second"] / tv[res])
+        out += [f"The 5x target at {res} px, with the device stage: {jpeg['ratio']:.1f}x on JPEG storage, "
+                f"{raw['loader']['images_per_second'] / tv[res]:.1f}x on raw storage "
+                f"({'met' if best >= 5 else 'not met'} {'with raw storage' if jpeg['ratio'] < 5 <= best else ''})."
+                .replace(" )", ")") + " On JPEG storage the loader is bound by the JPEG decode and the resize on "
+                "the same cores (the decode limit table below: ffcv's full-size decode alone is near the cv2 "
+                "limit, and the loader cannot beat it); torchvision's workers decode with the same libjpeg-turbo "
+                "(through PIL), so on JPEGs the ratio is capped by how much of torchvision's time goes to the "
+                "decode. Raw storage removes the decode (8x the bytes). Figures on this shared 2-core VM move by up to a third between runs of the "
+                "suite (the cv2 decode limit itself: 3,160 and 4,412 img/s in two runs an hour apart).", ""]
+    return out
 
 
 def _ms(stats: dict) -> str:
