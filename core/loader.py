@@ -148,19 +148,9 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     (`rows_with_labels`); 'sequential' keeps their order, 'random' permutes them per epoch. None = every row.
     """
     path = Path(path)
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {sorted(ORDERS)}, got {order!r}")
+    levels, extra_columns, asked = check_request(split, order, levels, extra_columns)
     if order == "quasi_random" and distributed:
         raise ValueError("ffcv 1.0.2 has no quasi_random order with distributed=True; use 'random'")
-    if not levels:
-        raise ValueError("ask for at least one label level")
-    levels, extra_columns = list(levels), list(extra_columns)
-    asked = [IMAGE_COLUMN, *levels, *extra_columns]
-    duplicated = sorted({c for c in asked if asked.count(c) > 1})
-    if duplicated:
-        raise ValueError(f"columns asked for more than once: {duplicated}")
 
     # check the columns against the header before ffcv does anything
     columns = beton_columns(path)
@@ -200,6 +190,24 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     enabled = [c for c in columns if c in asked or (derived and c == INDEX_COLUMN)]
     tables = {lv: torch.as_tensor(t, device=device) for lv, t in derived.items()}
     return BetonLoader(loader, decoder, enabled, levels, extra_columns, tables)
+
+
+def check_request(split: str, order: str, levels: Sequence[str], extra_columns: Sequence[str]
+                  ) -> tuple[list[str], list[str], list[str]]:
+    """The argument checks every loader of a beton makes (this one, core/resident.py's): returns the levels, the
+    extra columns and every column asked for (the image first)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {sorted(ORDERS)}, got {order!r}")
+    if not levels:
+        raise ValueError("ask for at least one label level")
+    levels, extra_columns = list(levels), list(extra_columns)
+    asked = [IMAGE_COLUMN, *levels, *extra_columns]
+    duplicated = sorted({c for c in asked if asked.count(c) > 1})
+    if duplicated:
+        raise ValueError(f"columns asked for more than once: {duplicated}")
+    return levels, extra_columns, asked
 
 
 def _check_indices(path: Path, indices: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -45,9 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from core.beton_images import image_sizes, padded_nbytes, read_images
-from core.loader import IMAGE_COLUMN, VAL_CROP_RATIO, Batch, BetonError, beton_columns, column_values
+from core.loader import VAL_CROP_RATIO, Batch, BetonError, beton_columns, check_request, column_values
 
-ORDERS = ("random", "quasi_random", "sequential")
 ASPECT_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect range, as in core.seeded_crop
 CROP_TRIES = 10  # torchvision's and ffcv's tries before the centre-crop fallback
 DEFAULT_MAX_BYTES = 8 * 10**9  # matches run_config.DataConfig.resident_max_gb's default
@@ -214,19 +213,9 @@ def build_resident_loader(path: str | Path, *, split: Literal["train", "val"], b
     levels may name derived levels (core/derived.py), looked up once here. max_bytes: refuse (ResidentMemoryError)
     when the padded images (N x H x W x 3 bytes) would take more."""
     path = Path(path)
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {list(ORDERS)}, got {order!r}")
+    levels, extra_columns, _ = check_request(split, order, levels, extra_columns)
     if batch_size < 1 or resolution < 1:
         raise ValueError(f"batch_size and resolution must be >= 1, got {batch_size} and {resolution}")
-    if not levels:
-        raise ValueError("ask for at least one label level")
-    levels, extra_columns = list(levels), list(extra_columns)
-    asked = [IMAGE_COLUMN, *levels, *extra_columns]
-    duplicated = sorted({c for c in asked if asked.count(c) > 1})
-    if duplicated:
-        raise ValueError(f"columns asked for more than once: {duplicated}")
     rows = None if indices is None else np.asarray(indices)
     if rows is not None and len(np.unique(rows)) != len(rows):
         raise ValueError("indices repeat a row; an epoch would serve it more than once")
