@@ -60,18 +60,20 @@ def extract(model: torch.nn.Module, loader: BetonLoader, augment, autocast=None,
 
 
 def extract_beton(model: torch.nn.Module, cfg, beton: str | Path, levels: list[str], device: torch.device,
-                  extra_columns: tuple[str, ...] = (), seed: int = 0, desc: str = "features") -> Features:
-    """`extract` over every row of `beton` in order: centre crops at the run's val resolution, no flip, the run's
-    precision (`cfg` is the run's RunConfig, as `run_model` returns it)."""
+                  extra_columns: tuple[str, ...] = (), seed: int = 0, desc: str = "features",
+                  indices: np.ndarray | None = None, resolution: int = 0) -> Features:
+    """`extract` over every row of `beton` (or the rows `indices`) in order: centre crops at `resolution` (0 = the
+    run's val resolution), no flip, the run's precision, workers and batch size (`cfg` is the run's RunConfig, as
+    `run_model` returns it)."""
     from core.augment import GpuAugment
     from core.loader import build_loader
     from core.train_run import resolve_precision
 
     precision = resolve_precision(cfg.train.precision, device)
     loader = build_loader(beton, split="val", batch_size=cfg.data.val_batch_size, num_workers=cfg.data.workers,
-                          levels=levels, resolution=cfg.data.val_resolution or cfg.data.resolution,
+                          levels=levels, resolution=resolution or cfg.data.val_resolution or cfg.data.resolution,
                           order="sequential", os_cache=cfg.data.os_cache, distributed=False, drop_last=False,
-                          extra_columns=list(extra_columns), seed=seed, device=device)
+                          extra_columns=list(extra_columns), seed=seed, device=device, indices=indices)
     augment = GpuAugment(device=device, dtype=precision.dtype or torch.float32, flip=False, compile=False)
     return extract(model, loader, augment, precision.autocast if precision.dtype else None, desc=desc)
 

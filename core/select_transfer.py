@@ -29,15 +29,13 @@ import torch
 from torch import nn
 
 from core import config as cfglib, provenance, transfer
-from core.augment import GpuAugment
-from core.features import Features, class_means, extract, run_model
-from core.loader import build_loader, column_values, rows_with_labels
+from core.features import Features, class_means, extract_beton, run_model
+from core.loader import column_values, rows_with_labels
 from core.run_config import RunConfig
 from core.select_data import PairedAugment, PairedLoader, selected_augment
 from core.select_heads import SelectedObjective, TwoHeadModel
 from core.selection import COST_SCALE, REG, REG_M_SOURCE, REG_M_TARGET, select_classes
-from core.train_run import (Parts, RunConfigError, build_parts, build_run_loader, check_data,
-                            resolve_device, resolve_precision)
+from core.train_run import Parts, RunConfigError, build_parts, build_run_loader, check_data, resolve_device
 
 SELECTION_FILE = "selection.json"
 
@@ -82,25 +80,21 @@ def compute_selection(source: str | Path, cfg: RunConfig, select: SelectConfig) 
     h, level = check_data(cfg)
     n_src, n_tgt = src_h.level(src_level).num_classes, h.level(level).num_classes
     device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
     src_beton = Path(src_cfg.data.path).resolve() / "train.beton"
     tgt_beton = Path(cfg.data.path).resolve() / "train.beton"
 
-    # features: one sequential pass per beton over centre crops, at the resolution the source evaluates at
+    # features: one sequential pass per beton over centre crops, at the resolution the source evaluates at, with
+    # the transfer's precision, workers and batch size
     model, _ = run_model(source, device)
-    augment = GpuAugment(device=device, dtype=precision.dtype or torch.float32, flip=False, compile=False)
-    common = dict(split="val", batch_size=cfg.data.val_batch_size, num_workers=cfg.data.workers,
-                  resolution=src_cfg.data.val_resolution or src_cfg.data.resolution, order="sequential",
-                  os_cache=cfg.data.os_cache, distributed=False, drop_last=False, seed=cfg.train.seed,
-                  device=device)
     cap = select.feature_images_per_class
+    resolution = src_cfg.data.val_resolution or src_cfg.data.resolution
 
     def features(beton: Path, levels: list[str]) -> Features:
         rows = None
         if cap:
             rows = np.unique(np.concatenate([first_rows_per_class(column_values(beton, lv), cap) for lv in levels]))
-        return extract(model, build_loader(beton, levels=levels, indices=rows, **common), augment,
-                       autocast=precision.autocast, desc=f"features {beton.parent.name}")
+        return extract_beton(model, cfg, beton, levels, device, seed=cfg.train.seed, indices=rows,
+                             resolution=resolution, desc=f"features {beton.parent.name}")
 
     if src_beton == tgt_beton:
         f_src = f_tgt = features(src_beton, list(dict.fromkeys([src_level, level])))
