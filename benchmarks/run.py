@@ -406,7 +406,8 @@ def _render_storage(results: dict[str, Any]) -> list[str]:
                 "the same cores (the decode limit table below: ffcv's full-size decode alone is near the cv2 "
                 "limit, and the loader cannot beat it); torchvision's workers decode with the same libjpeg-turbo "
                 "(through PIL), so on JPEGs the ratio is capped by how much of torchvision's time goes to the "
-                "decode. Raw storage removes the decode (8x the bytes). Figures on this shared 2-core VM move by up to a third between runs of the "
+                "decode. Raw storage removes the decode (8x the bytes). Figures on this shared 2-core VM move by "
+                "up to a third between runs of the "
                 "suite (the cv2 decode limit itself: 3,160 and 4,412 img/s in two runs an hour apart).", ""]
     return out
 

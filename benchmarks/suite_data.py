@@ -4,9 +4,9 @@
 storage, through the real converter (`grainsweep convert synthetic --preset large --set
 synthetic.image_size=256 --set write.write_mode=jpg ...`); a rerun with the same settings reuses the folder.
 `jpeg_folder` copies each train sample's stored JPEG bytes out of the beton (the allocation table gives each
-sample's offset and size), so the baseline decodes byte-for-byte the files ffcv decodes: the comparison is
-between pipelines, not between encoders. It also writes a CSV manifest of those files (`grainsweep convert csv`
-reads it in the conversion benchmark).
+sample's offset and size: core.beton_images.allocation_sizes), so the baseline decodes byte-for-byte the files
+ffcv decodes: the comparison is between pipelines, not between encoders. It also writes a CSV manifest of those
+files (`grainsweep convert csv` reads it in the conversion benchmark).
 """
 
 from __future__ import annotations
@@ -52,15 +52,17 @@ def stored_jpegs(beton: Path) -> tuple[list[bytes], dict[str, np.ndarray]]:
     """Every sample's stored JPEG bytes, in row order, and the beton's metadata columns by name."""
     from ffcv.reader import Reader
 
+    from core.beton_images import allocation_sizes
+
     reader = Reader(str(beton))
     # ffcv names the metadata table's fields f0, f1, ... in column order
     meta = {name: reader.metadata[f"f{i}"] for i, name in enumerate(reader.field_names)}
     images = meta["image"]
     if np.any(images["mode"] != JPG_MODE):
         raise ValueError(f"{beton}: not every image is stored as JPEG (write.write_mode=jpg)")
-    size_at = dict(zip(reader.alloc_table["ptr"].tolist(), reader.alloc_table["size"].tolist()))
+    sizes = allocation_sizes(beton, reader, images["data_ptr"]).tolist()
     raw = np.memmap(beton, dtype=np.uint8, mode="r")
-    out = [bytes(raw[ptr:ptr + size_at[ptr]]) for ptr in images["data_ptr"].tolist()]
+    out = [bytes(raw[ptr:ptr + size]) for ptr, size in zip(images["data_ptr"].tolist(), sizes)]
     return out, meta
 
 

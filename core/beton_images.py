@@ -103,7 +103,7 @@ def read_images(path: str | Path, columns: Sequence[str] = (), rows: Sequence[in
         values[c] = field[index].astype(np.int64)
     meta = _field(path, reader, IMAGE_COLUMN)[index]
     heights, widths = meta["height"].astype(np.int64), meta["width"].astype(np.int64)
-    sizes = _allocation_sizes(path, reader, meta["data_ptr"])
+    sizes = allocation_sizes(path, reader, meta["data_ptr"])
 
     pixels = np.zeros((len(index), int(heights.max()), int(widths.max()), 3), dtype=np.uint8)
     data = np.memmap(path, dtype=np.uint8, mode="r")
@@ -128,8 +128,9 @@ def read_images(path: str | Path, columns: Sequence[str] = (), rows: Sequence[in
     return BetonImages(pixels, heights, widths, values)
 
 
-def _allocation_sizes(path: Path, reader: Reader, pointers: np.ndarray) -> np.ndarray:
-    """Byte count of the allocation starting at each pointer (the allocation table, as ffcv's readers use it)."""
+def allocation_sizes(path: Path, reader: Reader, pointers: np.ndarray) -> np.ndarray:
+    """Byte count of the allocation starting at each pointer (the allocation table, as ffcv's readers use it;
+    also benchmarks/suite_data.stored_jpegs)."""
     table = reader.alloc_table
     order = np.argsort(table["ptr"])
     starts, sizes = table["ptr"][order], table["size"][order]

@@ -159,7 +159,7 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     if missing:
         raise BetonError(f"{path}: no column(s) {missing}; this beton has columns {columns}")
 
-    rows = None if indices is None else _check_indices(path, indices)
+    rows = None if indices is None else check_indices(path, indices)
 
     # pipelines: every column gets its own operation objects; unwanted columns are disabled with None
     device = torch.device(device)
@@ -210,8 +210,9 @@ def check_request(split: str, order: str, levels: Sequence[str], extra_columns: 
     return levels, extra_columns, asked
 
 
-def _check_indices(path: Path, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-    """`indices` as ffcv's own row type (uint64, as its default arange), after checking them against the beton."""
+def check_indices(path: Path, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """`indices` as ffcv's own row type (uint64, as its default arange), after checking them against the beton
+    (non-empty, 1-d, integer, in range, no row twice); core/resident.py makes the same checks through here."""
     rows = np.asarray(indices)
     if rows.ndim != 1 or rows.size == 0 or not np.issubdtype(rows.dtype, np.integer):
         raise ValueError(f"indices must be a non-empty 1-d array of row numbers, got {rows.dtype} {rows.shape}")

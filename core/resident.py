@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from core.beton_images import image_sizes, padded_nbytes, read_images
-from core.loader import VAL_CROP_RATIO, Batch, BetonError, beton_columns, check_request, column_values
+from core.loader import (VAL_CROP_RATIO, Batch, BetonError, beton_columns, check_indices, check_request,
+                         column_values)
 
 ASPECT_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect range, as in core.seeded_crop
 CROP_TRIES = 10  # torchvision's and ffcv's tries before the centre-crop fallback
@@ -216,12 +217,10 @@ def build_resident_loader(path: str | Path, *, split: Literal["train", "val"], b
     levels, extra_columns, _ = check_request(split, order, levels, extra_columns)
     if batch_size < 1 or resolution < 1:
         raise ValueError(f"batch_size and resolution must be >= 1, got {batch_size} and {resolution}")
-    rows = None if indices is None else np.asarray(indices)
-    if rows is not None and len(np.unique(rows)) != len(rows):
-        raise ValueError("indices repeat a row; an epoch would serve it more than once")
 
     # labels first (metadata only): a missing column or derived level fails before any pixel is read
     columns = beton_columns(path)
+    rows = None if indices is None else check_indices(path, indices).astype(np.int64)
     derived = {c: column_values(path, c) for c in [*levels, *extra_columns] if c not in columns}
     heights, widths = image_sizes(path, rows)
     need = padded_nbytes(heights, widths)
