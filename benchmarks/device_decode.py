@@ -1,6 +1,6 @@
 """JPEG decode on the training device: torchvision.io.decode_jpeg over a batch of the beton's stored JPEGs
 (nvJPEG on CUDA; libjpeg-turbo on the CPU), then every sample's RandomResizedCrop as one batched bilinear
-grid_sample (core.resident's boxes and crop_resize, what data.resident runs), uint8 NHWC out, as the loader hands
+grid_sample (core.data.resident's boxes and crop_resize, what data.resident runs), uint8 NHWC out, as the loader hands
 to the device stage. The issue's third route for a GPU machine whose CPU decode is the limit; measured here
 beside ffcv's CPU decode on the same bytes.
 
@@ -26,7 +26,7 @@ def measure_device_decode(data: str | Path, *, res: int, batch_size: int, epochs
     """Images/s of decode_jpeg on `device` + batched crop to `res` px over DIR/train.beton's JPEGs."""
     from torchvision.io import decode_jpeg
 
-    from core.resident import crop_resize, draw_crop_boxes
+    from core.data.resident import crop_resize, draw_crop_boxes
 
     check_epochs(epochs)
     dev = torch.device(device)
@@ -51,5 +51,5 @@ def measure_device_decode(data: str | Path, *, res: int, batch_size: int, epochs
     return {"benchmark": "device_decode", **timing,
             "settings": {"data": str(data), "res": res, "batch_size": batch_size, "epochs": epochs,
                          "warmup_epochs": 1, "device": str(dev), "scale": list(scale), "seed": seed,
-                         "decoder": "torchvision.io.decode_jpeg", "crop": "core.resident.crop_resize"},
+                         "decoder": "torchvision.io.decode_jpeg", "crop": "core.data.resident.crop_resize"},
             "versions": versions(), "load_average": {"before": load_before, "after": load_average()}}

@@ -1,10 +1,10 @@
-"""The project's loader alone: ffcv decode + crop on CPU threads, then the device stage (core.augment.GpuAugment).
+"""The project's loader alone: ffcv decode + crop on CPU threads, then the device stage (core.data.augment.GpuAugment).
 
 `measure_loader` runs `epochs` epochs over DIR/train.beton and drops the first (numba compiles ffcv's pipeline,
 torch.compile compiles the device stage, the page cache fills); the figure is the median images/s over the
 others. Modes, from the full pipeline down to its parts:
-  train   seeded RandomResizedCrop (core.seeded_crop) + GpuAugment (flip, normalise, cast, channels_last):
-          exactly what `grainsweep train` consumes (on the CPU, uncompiled: core.augment.cpu_stage)
+  train   seeded RandomResizedCrop (core.data.seeded_crop) + GpuAugment (flip, normalise, cast, channels_last):
+          exactly what `grainsweep train` consumes (on the CPU, uncompiled: core.data.augment.cpu_stage)
   val     centre crop 224/256 + GpuAugment (no flip)
   crop    train crops copied to the device, no device stage
   decode  ffcv's SimpleRGBImageDecoder only (full-size decode into the batch, no crop, no copy): the decode
@@ -26,7 +26,7 @@ SCALE = (0.08, 1.0)  # RandomResizedCrop area range, torchvision's and ImageNet'
 
 
 def _device_stage(device: torch.device, compile: str, flip: bool):
-    from core.augment import GpuAugment
+    from core.data.augment import GpuAugment
 
     use_compile = compile == "always" or (compile == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as `grainsweep train` (precision auto)
@@ -35,9 +35,9 @@ def _device_stage(device: torch.device, compile: str, flip: bool):
 
 def measure_stage(*, res: int, batch_size: int, device: str = "cpu", runs: int = 5) -> dict[str, Any]:
     """Milliseconds a batch of the device stage alone (flip on, no mixing) on random uint8 crops: `GpuAugment` as
-    `grainsweep train` builds it (CPU: eager, hence core.augment.cpu_stage; CUDA: compiled) and the eager
-    reference `core.augment.device_stage`, on the same draws. Each is called once first (numba, torch.compile)."""
-    from core.augment import device_stage
+    `grainsweep train` builds it (CPU: eager, hence core.data.augment.cpu_stage; CUDA: compiled) and the eager
+    reference `core.data.augment.device_stage`, on the same draws. Each is called once first (numba, torch.compile)."""
+    from core.data.augment import device_stage
 
     dev = torch.device(device)
     augment, compiled = _device_stage(dev, "auto", flip=True)
@@ -64,7 +64,7 @@ def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int):
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import ToTensor
 
-    from core.loader import beton_columns
+    from core.data.loader import beton_columns
 
     pipelines: dict[str, Any] = {c: None for c in beton_columns(path)}
     pipelines["image"] = [SimpleRGBImageDecoder(), ToTensor()]
@@ -82,7 +82,7 @@ def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int):
 
 def _loader_epochs(path: Path, level: str, mode: str, res: int, batch_size: int, workers: int, seed: int,
                    device: torch.device, compile: str) -> tuple[Any, bool]:
-    from core.loader import GpuBatches, build_loader
+    from core.data.loader import GpuBatches, build_loader
 
     loader = build_loader(path, split="val" if mode == "val" else "train", batch_size=batch_size,
                           num_workers=workers, levels=[level], resolution=res,
@@ -108,7 +108,7 @@ def _loader_epochs(path: Path, level: str, mode: str, res: int, batch_size: int,
 def measure_loader(data: str | Path, *, res: int, workers: int, batch_size: int, epochs: int,
                    device: str = "cpu", mode: str = "train", compile: str = "auto", seed: int = 0) -> dict[str, Any]:
     """Images/s of the project's loader over DIR/train.beton; the first of `epochs` epochs is not counted."""
-    from core import hierarchy as hlib
+    from core.format import hierarchy as hlib
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

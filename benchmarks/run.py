@@ -246,7 +246,7 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
             name = stages[0]["stage"]
             out += [f"The device stage alone on `{dev}` (flip on, no mixing), ms a batch of {stages[0]['batch_size']} "
                     f"random crops: the project's path (`{name}`{', compiled' if stages[0]['compiled'] else ''}, "
-                    "what `grainsweep train` runs here) vs the eager reference `core.augment.device_stage` on the "
+                    "what `grainsweep train` runs here) vs the eager reference `core.data.augment.device_stage` on the "
                     "same draws.", "",
                     "| crop px | project's stage, ms | eager reference, ms | reference / project |",
                     "|---|---|---|---|"]
@@ -257,7 +257,7 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
         if not dev.startswith("cuda"):
             out += ["On the CPU the device stage runs eagerly (torch.compile is off on CPU, as in `grainsweep "
                     "train`), in the main thread beside ffcv's decode threads on the same cores. Since 2026-11-23 "
-                    "it is `core.augment.cpu_stage`: one numba pass (no GIL, one thread) with the same values as "
+                    "it is `core.data.augment.cpu_stage`: one numba pass (no GIL, one thread) with the same values as "
                     "the reference (torch.equal, tests/test_augment.py), writing into recycled output buffers. "
                     "Before, the eager reference took 120-160 ms a batch at 224 px (batch 64) and held the loader "
                     "at 0.8x torchvision at 224 px. Compiling does not pay on the CPU: the compiled reference took "
@@ -268,7 +268,7 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
                     "img/s without against 1,805 with it, side by side in one process, 2 workers, load ~1), and "
                     "JPEGs are decoded at "
                     "the smallest of libjpeg-turbo's fast DCT scales (1/8, 1/4, 1/2) that keeps the crop at least the "
-                    "output size (core/seeded_crop.py; at 64 px 2,604 against 2,115 img/s side by side; at 160 and "
+                    "output size (core/data/seeded_crop.py; at 64 px 2,604 against 2,115 img/s side by side; at 160 and "
                     "224 px no change, crops of 256 px images being too small for 1/2). Why 160 px is the slowest "
                     "row: its crops are mostly shrunk by less than 2x, which ffcv does with cv2 INTER_AREA at a "
                     "fractional ratio, the costly case; at 224 px most crops are enlarged.", ""]
@@ -299,10 +299,10 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
 
     if "train_step" in results:
         out += ["## Training with the real loader vs data already on the device", "",
-                "Same model, compile, precision and device stage (built by core.train_run.build_parts); the "
+                "Same model, compile, precision and device stage (built by core.train.run.build_parts); the "
                 "on-device side trains on the warm-up epoch's batches, kept on the device. Loader cost = 1 - real / "
                 "on-device. Targets (GPU): ResNet-50 real >= 95% of on-device; the MLP at 64 px not loader-bound. Rows "
-                "marked data.resident load through core/resident.py (the decoded set held on the device, crops "
+                "marked data.resident load through core/data/resident.py (the decoded set held on the device, crops "
                 "there) instead of ffcv.", "",
                 "| model | px | batch | steps/epoch | real loader img/s | on-device img/s | real/on-device | "
                 "data wait | load before/after |", "|---|---|---|---|---|---|---|---|---|"]
@@ -451,8 +451,8 @@ def _render_sweep_rerun(r: dict[str, Any]) -> list[str]:
     out += ["", f"Later steps took {r['warm']['runs'][0]['later_step_seconds'] * 1000:.0f} ms each; imports "
                 f"alone (torch, timm, ffcv) {r['warm']['runs'][0]['import_seconds']:.1f} s of the warm process. "
                 "The rerun command's time is start-up and imports, not planning. It was 12.6 s while launch.status "
-                "imported core.train_run (torch, timm and ffcv; `import launch.sweep` alone took 16.4 s at load "
-                "2.4); status and report now read run folders through core/run_state.py, which imports no torch. "
+                "imported core.train.run (torch, timm and ffcv; `import launch.sweep` alone took 16.4 s at load "
+                "2.4); status and report now read run folders through core/format/run_folder.py, which imports no torch. "
                 "Planning still imports torch and timm to check the model (launch/plan._check_model).", ""]
     return out
 

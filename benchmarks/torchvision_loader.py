@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.loader import SCALE
 from benchmarks.measure import check_epochs, load_average, time_epochs, versions
-from core.augment import IMAGENET_MEAN, IMAGENET_STD
+from core.data.augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def measure_torchvision(folder: str | Path, *, res: int, workers: int, batch_size: int, epochs: int,

@@ -1,6 +1,6 @@
 """Training throughput with the real loader vs the same model on data already on the device.
 
-Both sides are built by `core.train_run.build_parts` from one RunConfig and run `core.engine.train_epoch`, so
+Both sides are built by `core.train.run.build_parts` from one RunConfig and run `core.train.engine.train_epoch`, so
 model, compile, precision, optimizer and device stage are exactly those of `grainsweep train`. The real side
 iterates `GpuBatches(train_loader, train_augment)`; the on-device side trains on the batches of the first
 (warm-up) epoch, copied and kept on the device, through the same device stage: its throughput is what the
@@ -66,8 +66,8 @@ class OnDeviceBatches:
 
 def run_config(data: str | Path, *, model: str, res: int, batch_size: int, workers: int, device: str,
                compile: str, epochs: int, model_kwargs: dict | None = None, resident: bool = False):
-    from core import config as cfglib
-    from core.run_config import RunConfig
+    from core.format import config as cfglib
+    from core.train.run_config import RunConfig
 
     sets = [f"data.path={data}", f"model.name={model}", f"data.resolution={res}", f"data.batch_size={batch_size}",
             f"data.workers={workers}", f"train.device={device}", f"model.compile={compile}",
@@ -81,11 +81,11 @@ def measure_train_step(data: str | Path, *, model: str, res: int, batch_size: in
                        device: str = "cpu", compile: str = "auto", model_kwargs: dict | None = None,
                        resident: bool = False) -> dict[str, Any]:
     """Images/s of training with the real loader and with on-device data, `epochs` measured epochs each.
-    resident: the real loader is data.resident's (the decoded set on the device, crops there: core/resident.py)
+    resident: the real loader is data.resident's (the decoded set on the device, crops there: core/data/resident.py)
     instead of ffcv's."""
-    from core.engine import train_epoch
-    from core.loader import GpuBatches
-    from core.train_run import build_parts
+    from core.train.engine import train_epoch
+    from core.data.loader import GpuBatches
+    from core.train.run import build_parts
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1 (one more per side is run first as warm-up), got {epochs}")

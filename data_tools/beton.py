@@ -18,7 +18,7 @@ from typing import Literal, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from core.hierarchy import Hierarchy
+from core.format.hierarchy import Hierarchy
 
 
 @dataclass(frozen=True)

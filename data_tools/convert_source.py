@@ -23,9 +23,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from core import config as cfglib
-from core import provenance
-from core.hierarchy import FILENAME as HIERARCHY_FILE
+from core.format import config as cfglib
+from core.format import provenance
+from core.format.hierarchy import FILENAME as HIERARCHY_FILE
 from data_tools import beton, images, publish
 from data_tools.sources import SOURCES
 from data_tools.sources.catalog import Catalog, SplitRows

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import config as cfglib
-from core import provenance
-from core.hierarchy import FILENAME as HIERARCHY_FILE
+from core.format import config as cfglib
+from core.format import provenance
+from core.format.hierarchy import FILENAME as HIERARCHY_FILE
 from data_tools import beton, publish, synthetic
 
 PRESETS_DIR = Path(__file__).parent / "presets"

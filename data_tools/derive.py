@@ -11,7 +11,7 @@ random labels, and one label per sample. This module makes those labellings for 
     per_sample    one class per training sample; val samples get -1 (no class): for pretraining only, and a run
                   on it is evaluated on its own training images (core/derived.eval_beton)
 
-Each is written as a sidecar under DIR/derived/ and registered in hierarchy.json (format: core/derived.py);
+Each is written as a sidecar under DIR/derived/ and registered in hierarchy.json (format: core/format/derived.py);
 files are written under temporary names and renamed, and the registry entry comes last. Rerunning the same
 derivation (same name, kind and parameters) is a no-op; a name that is a level, a beton column or a derived
 level made with other parameters is refused. Features are either the images downscaled to 8x8 (read here from
@@ -30,9 +30,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from core import derived as dlib
-from core import hierarchy as hlib
-from core.provenance import write_atomic
+from core.format import derived as dlib
+from core.format import hierarchy as hlib
+from core.format.provenance import write_atomic
 
 SPLITS = ("train", "val")
 PIXEL_SIZE = 8  # side in pixels of the downscaled images used as 'pixels' features (8 x 8 x 3 = 192 values)

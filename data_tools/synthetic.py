@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.hierarchy import Hierarchy, Level
+from core.format.hierarchy import Hierarchy, Level
 
 GENERATOR_VERSION = 1  # bump when the images for a given config change
 

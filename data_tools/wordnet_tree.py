@@ -1,4 +1,4 @@
-"""ImageNet wnids -> label levels cut from WordNet 3.0's noun hierarchy, for `core.hierarchy.Hierarchy`.
+"""ImageNet wnids -> label levels cut from WordNet 3.0's noun hierarchy, for `core.format.hierarchy.Hierarchy`.
 
 A wnid such as 'n01440764' is 'n' + the 8-digit offset of a WordNet 3.0 noun synset (tench.n.01). Every class id
 written here is a wnid; its title is the synset's first lemma with underscores as spaces ('tench', 'Genet').
@@ -39,7 +39,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from core.hierarchy import Hierarchy
+from core.format.hierarchy import Hierarchy
 
 ROOT = 1740  # entity.n.01, the single root of WordNet 3.0's nouns
 LEAF_LEVEL = "wnid"

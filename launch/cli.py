@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.config import ConfigError
-from core.hierarchy import HierarchyError
+from core.format.config import ConfigError
+from core.format.hierarchy import HierarchyError
 from data_tools.convert_source import RejectsError
 from data_tools.publish import DatasetExistsError
 from data_tools.sources.catalog import SourceError
@@ -24,7 +24,7 @@ USER_ERRORS = (ConfigError, HierarchyError, DatasetExistsError, FileNotFoundErro
 def user_errors() -> tuple[type[BaseException], ...]:
     """USER_ERRORS plus those of heavy modules (ffcv, torch) that this command has imported."""
     extra = []
-    loader = sys.modules.get("core.loader")
+    loader = sys.modules.get("core.data.loader")
     if loader is not None:
         extra.append(loader.BetonError)
     return USER_ERRORS + tuple(extra)

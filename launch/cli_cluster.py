@@ -33,7 +33,7 @@ def format_table(result: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from core import cluster_run
+    from core.methods import cluster_run
 
     result = cluster_run.cluster_run(Path(args.run_dir), args.data, device=args.device, seed=args.seed)
     print(f"{result['samples']} val images of {result['data']}, {result['feature_dim']}-d features of "

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from core import config as cfglib
+from core.format import config as cfglib
 from data_tools import convert_source, convert_synthetic
 from data_tools.sources import SOURCES
 from data_tools.sources.catalog import SourceError

@@ -1,6 +1,6 @@
 """`grainsweep derive KIND DIR`: add a derived label level (k-means, random groups, per-sample) to a dataset.
 
-The labellings are made by data_tools/derive.py and stored as sidecars (format: core/derived.py); a derived
+The labellings are made by data_tools/derive.py and stored as sidecars (format: core/format/derived.py); a derived
 level is then trained on like any other (`grainsweep train --level NAME`). With `--features RUN_DIR` the k-means
 features are the run's `forward_features` (pooled penultimate features of its newest checkpoint, on centre
 crops at the run's val resolution), computed here because data_tools does not import core's training code.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import config as cfglib
+from core.format import config as cfglib
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -81,7 +81,7 @@ def run_features(run_dir: Path, data_dir: Path, device: str):
 
     Computed lazily (only when the derivation is not already on disk) and once per split.
     """
-    from core import transfer
+    from core.train import transfer
 
     transfer.source_config(run_dir)  # fails early, with a clear message, on a folder that is not a run
     last = transfer.source_checkpoint(run_dir)
@@ -96,9 +96,9 @@ def run_features(run_dir: Path, data_dir: Path, device: str):
 
 def embed(run_dir: Path, beton: Path, device: str) -> tuple[np.ndarray, np.ndarray]:
     """(index values, features) of every row of `beton` under the newest weights of the run in `run_dir`."""
-    from core.features import extract_beton, run_model
-    from core.loader import beton_columns
-    from core.train_run import resolve_device
+    from core.methods.features import extract_beton, run_model
+    from core.data.loader import beton_columns
+    from core.train.run import resolve_device
 
     dev = resolve_device(device)
     model, cfg = run_model(run_dir, dev)  # any run: single- or multi-level, with or without a selection head

@@ -1,5 +1,5 @@
 """`grainsweep finetune`: transfer a finished run to a (coarser) target level, full fine-tuning or linear probe,
-optionally with selected pretraining data (--select-k, core/select_transfer.py)."""
+optionally with selected pretraining data (--select-k, core/methods/select_transfer.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="add the images of K pretraining classes chosen by optimal transport (0 = off)")
     p.add_argument("--select-lambda", type=float, metavar="L",
                    help="weight of the selected images' loss: loss = L_target + L * L_selected (default 0.3, "
-                        "core.select_transfer.SelectConfig)")
+                        "core.methods.select_transfer.SelectConfig)")
     p.add_argument("--select-batch-size", type=int, metavar="N",
                    help="selected images per step (default: data.batch_size)")
     p.add_argument("--resume", action="store_true", help="continue the transfer in --out from its last checkpoint")
@@ -38,8 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from core import config as cfglib
-    from core import select_transfer, transfer
+    from core.format import config as cfglib
+    from core.methods import select_transfer
+    from core.train import transfer
 
     cfg = transfer.transfer_config(args.source, args.data, args.level, args.overrides)
     if args.print_config:

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from core import config as cfglib
+    from core.format import config as cfglib
     from launch import status, sweep, sweep_config
 
     cfg = sweep_config.load(sweep_config.sweep_file(args.config), args.overrides)

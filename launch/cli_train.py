@@ -6,13 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from core import config as cfglib
+from core.format import config as cfglib
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one model at one label level",
                        description="Trains on DIR's train.beton at --level and evaluates on val.beton at that "
-                                   "level and every coarser one. Settings: core/run_config.py.")
+                                   "level and every coarser one. Settings: core/train/run_config.py.")
     p.add_argument("--data", help="dataset folder (sets data.path)")
     p.add_argument("--level", help="label level to train on (sets data.level; default: the finest)")
     p.add_argument("--model", help="timm model name or 'bmlp' (sets model.name)")
@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load_run_config(args: argparse.Namespace):
-    from core.run_config import RunConfig
+    from core.train.run_config import RunConfig
 
     sets = list(args.overrides)
     for flag, key in (("data", "data.path"), ("level", "data.level"), ("model", "model.name")):
@@ -48,7 +48,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfglib.to_yaml(cfg), end="")
         return 0
-    from core import train_run
+    from core.train import run as train_run
 
     result = train_run.run(cfg, args.out, resume=args.resume)
     print(json.dumps(result, indent=1))
@@ -56,7 +56,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from core import evaluate_run
+    from core.train import evaluate as evaluate_run
 
     result = evaluate_run.evaluate_run(Path(args.run_dir), data=args.data, overrides=args.overrides)
     print(json.dumps(result, indent=1))

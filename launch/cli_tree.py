@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core import hierarchy as hlib
+from core.format import hierarchy as hlib
 from data_tools.publish import read_manifest
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import submitit
 
-from core import config as cfglib, provenance
+from core.format import config as cfglib, provenance
 from launch.jobs import RunJob
 from launch.plan import LOGS_DIR, JobSpec, Plan
 from launch.sweep_config import ExecutorConfig, SlurmConfig

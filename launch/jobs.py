@@ -24,8 +24,9 @@ class RunJob(submitit.helpers.Checkpointable):
     def __call__(self, spec: JobSpec, resume: bool = False) -> dict:
         # one compile cache for every job of the sweep, so reruns and requeues do not recompile
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(spec.cache_dir)
-        from core import config as cfglib, train_run, transfer
-        from core.run_config import RunConfig
+        from core.format import config as cfglib
+        from core.train import run as train_run, transfer
+        from core.train.run_config import RunConfig
 
         run_dir = Path(spec.run_dir)
         if train_run.is_done(run_dir):
@@ -38,11 +39,11 @@ class RunJob(submitit.helpers.Checkpointable):
         if spec.kind in ("transfer", "cluster") and not train_run.is_done(spec.source):
             raise RuntimeError(f"{spec.name}: its pretraining run {spec.source} has not finished")
         if spec.kind == "cluster":  # k-means on the source's frozen features; nothing to resume
-            from core import cluster_run
+            from core.methods import cluster_run
 
             return cluster_run.cluster_into(spec.source, run_dir)
         if spec.kind == "transfer" and spec.mode == "select":  # full fine-tuning + selected pretraining data
-            from core.select_transfer import SelectConfig, finetune_selected
+            from core.methods.select_transfer import SelectConfig, finetune_selected
 
             select = cfglib.parse(SelectConfig, spec.options)
             return finetune_selected(spec.source, cfg, run_dir, select, mode="full", resume=resume)
@@ -56,7 +57,7 @@ class RunJob(submitit.helpers.Checkpointable):
 
 
 def _log_start(spec: JobSpec, resume: bool) -> None:
-    from core import checkpoint, train_run
+    from core.train import checkpoint, run as train_run
 
     last = checkpoint.latest(Path(spec.run_dir) / train_run.CHECKPOINT_DIR)
     epoch = int(last.stem.removeprefix("epoch")) if last is not None and last.stem.startswith("epoch") else 0

@@ -4,7 +4,7 @@ Stage 1: one pretraining run per (pretraining level, seed), plus the scratch bas
 `multilevel.enabled` one more per seed, at the finest pretraining level with one head per level (semantic softmax).
 Stage 2: one transfer per (pretraining run, mode; mode 'select' adds selected pretraining data), and with
 `clustering.enabled` one clustering evaluation per
-pretraining run (k-means on its frozen features, core/cluster_run.py), each starting only after its pretraining
+pretraining run (k-means on its frozen features, core/methods/cluster_run.py), each starting only after its pretraining
 run succeeded.
 
 A run's folder is named `<kind>-<level>[-<mode>]-s<seed>-<hash>`, the hash over its resolved RunConfig, its kind,
@@ -22,9 +22,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core import config as cfglib
-from core import hierarchy as hlib
-from core.run_config import RunConfig
+from core.format import config as cfglib
+from core.format import hierarchy as hlib
+from core.train.run_config import RunConfig
 from launch.sweep_config import SweepConfig
 
 PLAN_FILE = "plan.json"
@@ -50,7 +50,7 @@ class JobSpec:
     source: str = ""  # transfer, cluster: the pretraining run folder (absolute)
     mode: str = ""  # transfer: full | linear | select
     arm: str = ""  # '' = single-level pretraining; 'multilevel' = semantic-softmax pretraining (and what follows it)
-    options: dict = field(default_factory=dict)  # mode 'select': core.select_transfer.SelectConfig as plain data
+    options: dict = field(default_factory=dict)  # mode 'select': core.methods.select_transfer.SelectConfig as plain data
 
     @property
     def log_file(self) -> Path:
@@ -77,7 +77,7 @@ class Plan:
                 "jobs": [asdict(j) for j in self.jobs]}
 
     def save(self) -> None:
-        from core import provenance
+        from core.format import provenance
 
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         provenance.write_atomic(self.sweep_dir / PLAN_FILE, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -214,7 +214,7 @@ def _select_options(cfg: SweepConfig, pretrain_classes: int) -> dict:
 
 def _check_model(run: RunConfig, num_classes: int) -> None:
     # building the model once on the CPU catches an unknown name or bad kwargs before any job is submitted
-    from core.models import build_model
+    from core.models.build import build_model
 
     try:
         build_model(run.model.name, num_classes, run.data.resolution, **run.model.kwargs)

@@ -8,7 +8,7 @@ report.md  - the same table, the runs still missing, and the chance level; then 
              sweep has clustering jobs, a table "Clustering of frozen pretrained features".
 report-clustering.csv - that second table: one row per (pretraining level, evaluated level), seeds finished, mean
              and std over seeds of NMI, ARI and Hungarian accuracy of k-means (k = the evaluated level's classes)
-             on the pretrained run's frozen val features (core/clustering.py).
+             on the pretrained run's frozen val features (core/methods/clustering.py).
 report.png - two panels (all, hard) as in Hong et al.'s figures: accuracy vs pretraining classes (log x), one
              line per transfer mode with seed error bars; scratch (no pretraining) as a horizontal line with
              its band; chance as a dotted line.
@@ -21,7 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
-from core.run_state import RESULT_FILE
+from core.format.run_folder import RESULT_FILE
 from launch.plan import Plan, load_plan
 
 FIELDS = ("kind", "arm", "mode", "pretrain_level", "pretrain_classes", "target_level", "target_classes", "seeds",
@@ -64,7 +64,7 @@ def collect(plan: Plan) -> tuple[list[dict], list[str]]:
 
 def collect_pretrained(plan: Plan) -> list[dict]:
     """The pretraining runs themselves at the target level, before any transfer: a finer level's network scored
-    with its probabilities summed into the target's classes (core/metrics.py). One row per (level, arm)."""
+    with its probabilities summed into the target's classes (core/train/metrics.py). One row per (level, arm)."""
     t = plan.target_level
     groups: dict[tuple[str, str], list[dict]] = {}
     for spec in plan.jobs:

@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from core.run_state import is_done
+from core.format.run_folder import is_done
 from launch.executors import read_records
 from launch.plan import JobSpec, load_plan
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core import config as cfglib, provenance
+from core.format import config as cfglib, provenance
 from launch import executors, status
 from launch.plan import Plan, plan_sweep
 from launch.sweep_config import SweepConfig

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from core import config as cfglib
-from core.run_config import RunConfig
+from core.format import config as cfglib
+from core.train.run_config import RunConfig
 
 SWEEPS_DIR = Path(__file__).parent / "sweeps"  # packaged sweep files; `default.yaml` is the default
 EXECUTORS = ("auto", "local", "slurm", "debug")
@@ -50,7 +50,7 @@ class SelectArmConfig:
 class TransferConfig:
     modes: tuple[Literal["full", "linear", "select"], ...] = ("full",)  # one transfer job per mode and
     # pretraining run; 'select' = full fine-tuning plus the pretraining data selected by unbalanced optimal
-    # transport (Liu et al., NeurIPS 2022; core/select_transfer.py), with the settings of `select`
+    # transport (Liu et al., NeurIPS 2022; core/methods/select_transfer.py), with the settings of `select`
     set: tuple[str, ...] = ()  # dotted RunConfig overrides for transfers and scratch runs, e.g. 'train.epochs=5'
     select: SelectArmConfig = field(default_factory=SelectArmConfig)
 
@@ -58,7 +58,7 @@ class TransferConfig:
 @dataclass(frozen=True)
 class MultiLevelConfig:
     enabled: bool = False  # one more pretraining run per seed: one head per level from the finest pretraining
-    # level up, trained with ImageNet-21K-P's semantic softmax (core/semantic_softmax.py), then transferred and
+    # level up, trained with ImageNet-21K-P's semantic softmax (core/train/semantic_softmax.py), then transferred and
     # clustered like the single-level runs (report rows 'multi-level')
     weights: Literal["ridnik", "classes", "uniform"] = "ridnik"  # train.objective_weights of that run
 
@@ -72,7 +72,7 @@ class ScratchConfig:
 @dataclass(frozen=True)
 class ClusteringConfig:
     enabled: bool = True  # one stage-2 job per pretraining run: k-means on its frozen val features at every
-    # level's class count, scored by NMI, ARI and Hungarian accuracy (core/clustering.py; `grainsweep cluster`)
+    # level's class count, scored by NMI, ARI and Hungarian accuracy (core/methods/clustering.py; `grainsweep cluster`)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""core.augment: normalisation, layout, dtype, flip, mixup/cutmix targets, compiled == eager, recompiles, and the
+"""core.data.augment: normalisation, layout, dtype, flip, mixup/cutmix targets, compiled == eager, recompiles, and the
 CPU path (cpu_stage) == the reference stage (device_stage) value for value."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from core.augment import IMAGENET_MEAN, IMAGENET_STD, Draws, GpuAugment, cpu_stage, device_stage
+from core.data.augment import IMAGENET_MEAN, IMAGENET_STD, Draws, GpuAugment, cpu_stage, device_stage
 
 NUM_CLASSES = 5
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from core import checkpoint
-from core.models import build_model
-from core.optim import build_optimizer, lr_tensors
-from core.schedule import LRSchedule
+from core.train import checkpoint
+from core.models.build import build_model
+from core.train.optim import build_optimizer, lr_tensors
+from core.train.schedule import LRSchedule
 
 
 def make(seed, name="adamw"):

@@ -1,4 +1,4 @@
-"""Clustering evaluation (core/clustering.py, core/cluster_run.py, `grainsweep cluster`): Hungarian accuracy against
+"""Clustering evaluation (core/methods/clustering.py, core/methods/cluster_run.py, `grainsweep cluster`): Hungarian accuracy against
 brute force, the scores of perfect and of well-separated clusterings, and a real run's clustering.json equal to a
 recomputation from its extracted features."""
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import clustering
-from core import config as cfglib
-from core import hierarchy as hlib
-from core import train_run
-from core.run_config import RunConfig
+from core.methods import clustering
+from core.format import config as cfglib
+from core.format import hierarchy as hlib
+from core.train import run as train_run
+from core.train.run_config import RunConfig
 from launch.cli import main as cli
 
 
@@ -131,9 +131,9 @@ def recompute(run: Path, data: Path) -> dict:
     """The metrics from scratch: features extracted here, then cluster_metrics."""
     import torch
 
-    from core.augment import GpuAugment
-    from core.features import extract, run_model
-    from core.loader import build_loader
+    from core.data.augment import GpuAugment
+    from core.methods.features import extract, run_model
+    from core.data.loader import build_loader
 
     h = hlib.load(data)
     model, cfg = run_model(run, "cpu")

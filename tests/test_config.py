@@ -7,8 +7,8 @@ from typing import Literal
 
 import pytest
 
-from core import config as cfglib
-from core.config import ConfigError
+from core.format import config as cfglib
+from core.format.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def test_a_dict_field_given_whole_replaces_the_earlier_one(tmp_path):
 
 
 def test_a_whole_model_section_override_does_not_keep_the_old_model_kwargs():
-    from core.run_config import RunConfig
+    from core.train.run_config import RunConfig
     base = cfglib.to_dict(cfglib.load(RunConfig, None, ["model.kwargs={channels: [8, 16, 32, 64]}"]))
     cfg = cfglib.load(RunConfig, None, ["model={name: bmlp, kwargs: {depth: 2, width: 32}}"], base=base)
     assert cfg.model.name == "bmlp" and cfg.model.kwargs == {"depth": 2, "width": 32}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import hierarchy as hlib
+from core.format import hierarchy as hlib
 from data_tools import convert_synthetic, synthetic
 from data_tools.publish import DatasetExistsError
 from launch.cli import main as cli

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from core import config as cfglib
-from core import derived as dlib
-from core import hierarchy as hlib
-from core import train_run
-from core.loader import build_loader
-from core.run_config import RunConfig
+from core.format import config as cfglib
+from core.format import derived as dlib
+from core.format import hierarchy as hlib
+from core.train import run as train_run
+from core.data.loader import build_loader
+from core.train.run_config import RunConfig
 from data_tools import derive
 from launch.cli import main as cli
 
@@ -41,7 +41,7 @@ def columns(ds: Path, split: str, names: list[str]) -> dict[str, np.ndarray]:
 
 
 def served(ds: Path, split: str, level: str) -> tuple[np.ndarray, np.ndarray]:
-    """(index, labels of `level`) of every row, through core.loader.build_loader."""
+    """(index, labels of `level`) of every row, through core.data.loader.build_loader."""
     loader = build_loader(ds / f"{split}.beton", split="val", batch_size=10, num_workers=1,
                           levels=[level, "subclass"], resolution=16, order="sequential", os_cache=False,
                           distributed=False, drop_last=False, extra_columns=["index"], seed=0, device="cpu")

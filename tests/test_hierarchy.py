@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from core import hierarchy as hlib
-from core.hierarchy import Hierarchy, HierarchyError
+from core.format import hierarchy as hlib
+from core.format.hierarchy import Hierarchy, HierarchyError
 
 NAMES = ["species", "genus", "family"]
 PATHS = [

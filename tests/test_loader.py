@@ -1,4 +1,4 @@
-"""core.loader on tiny betons written here: 2 label levels, `index`, `hard`, 32-40 px raw images."""
+"""core.data.loader on tiny betons written here: 2 label levels, `index`, `hard`, 32-40 px raw images."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from ffcv.fields import IntField, RGBImageField
 from ffcv.writer import DatasetWriter
 
-from core.augment import GpuAugment
-from core.loader import BetonError, GpuBatches, build_loader
+from core.data.augment import GpuAugment
+from core.data.loader import BetonError, GpuBatches, build_loader
 
 NUM_SAMPLES = 100
 NUM_SUBCLASSES = 8

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.hierarchy import Hierarchy
-from core.metrics import LevelAccuracy, coarse_probs
+from core.format.hierarchy import Hierarchy
+from core.train.metrics import LevelAccuracy, coarse_probs
 
 NAMES = ["leaf", "genus", "family", "kingdom"]
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.models import build_model, to_channels_last
+from core.models.build import build_model, to_channels_last
 
 IMAGE = 32  # small enough for CPU CI; vit patch 16 -> 4 tokens
 # name, kwargs: one CNN, one transformer (fixed img_size), the Scaling-MLPs MLP

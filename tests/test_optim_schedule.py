@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.models import build_model
-from core.optim import build_loss, build_optimizer, lr_tensors
-from core.schedule import KINDS, LRSchedule, lr_at
+from core.models.build import build_model
+from core.train.optim import build_loss, build_optimizer, lr_tensors
+from core.train.schedule import KINDS, LRSchedule, lr_at
 
 
 def tiny():

@@ -1,4 +1,4 @@
-"""core.beton_images and core.resident (data.resident) on real betons: pixels and labels as ffcv serves them,
+"""core.data.beton_images and core.data.resident (data.resident) on real betons: pixels and labels as ffcv serves them,
 crop boxes drawn as ffcv draws them, reproducible epochs, training and resume through the CLI."""
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.reader import Reader
 from ffcv.writer import DatasetWriter
 
-from core import checkpoint, config as cfglib
-from core import hierarchy as hlib
-from core import train_run
-from core.beton_images import read_images
-from core.loader import VAL_CROP_RATIO, BetonError, build_loader, column_values
-from core.resident import (ResidentMemoryError, build_resident_loader, center_crop_boxes, crop_boxes, crop_resize,
+from core.train import checkpoint
+from core.format import config as cfglib
+from core.format import hierarchy as hlib
+from core.train import run as train_run
+from core.data.beton_images import read_images
+from core.data.loader import VAL_CROP_RATIO, BetonError, build_loader, column_values
+from core.data.resident import (ResidentMemoryError, build_resident_loader, center_crop_boxes, crop_boxes, crop_resize,
                            draw_crop_boxes)
-from core.run_config import RunConfig
+from core.train.run_config import RunConfig
 from data_tools import convert_synthetic, derive
 from launch.cli import main as cli
 
@@ -88,7 +89,7 @@ def same(a: list[tuple[torch.Tensor, ...]], b: list[tuple[torch.Tensor, ...]]) -
     return len(a) == len(b) and all(torch.equal(x, y) for p, q in zip(a, b) for x, y in zip(p, q))
 
 
-# core.beton_images
+# core.data.beton_images
 @pytest.mark.parametrize("kind", ["raw", "jpg"])
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_pixels_and_labels_equal_what_ffcv_serves(tiny_dataset, jpg_dataset, kind, split):
@@ -264,7 +265,7 @@ def test_drop_last_resolution_and_order(tiny_dataset):
 @pytest.mark.parametrize("data", ["raw", "jpg"])
 def test_val_serves_every_sample_once_in_order_with_ffcvs_centre_crop(tiny_dataset, jpg_dataset, data):
     """At the resolution of the centre box (int(224/256 * 16) = 14 px) neither loader resizes, so the boxes must
-    agree pixel for pixel with ffcv's decoder (core.seeded_crop.ScaledCenterCrop)."""
+    agree pixel for pixel with ffcv's decoder (core.data.seeded_crop.ScaledCenterCrop)."""
     path = (tiny_dataset if data == "raw" else jpg_dataset) / "val.beton"
     side = int(VAL_CROP_RATIO * 16)
     levels = hlib.load(path.parent).names
@@ -287,8 +288,8 @@ def test_val_serves_every_sample_once_in_order_with_ffcvs_centre_crop(tiny_datas
 
 
 def test_paired_loader_of_the_select_transfer_takes_resident_loaders(tiny_dataset):
-    from core.select_data import PairedLoader
-    from core.select_heads import SELECTED
+    from core.data.paired import PairedLoader
+    from core.models.two_head import SELECTED
 
     path = tiny_dataset / "train.beton"
     target = resident(path, batch_size=16)

@@ -1,4 +1,4 @@
-"""core.seeded_crop's reduced-scale JPEG decoding, on a JPEG beton written here (smooth images, quality 95)."""
+"""core.data.seeded_crop's reduced-scale JPEG decoding, on a JPEG beton written here (smooth images, quality 95)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToTensor
 from ffcv.writer import DatasetWriter
 
-from core.loader import VAL_CROP_RATIO, build_loader
-from core.seeded_crop import DCT_EIGHTHS, ScaledCenterCrop, dct_eighths
+from core.data.loader import VAL_CROP_RATIO, build_loader
+from core.data.seeded_crop import DCT_EIGHTHS, ScaledCenterCrop, dct_eighths
 
 NUM_SAMPLES = 24
 

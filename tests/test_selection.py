@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from core import checkpoint, config as cfglib
-from core import hierarchy as hlib
-from core import select_transfer, train_run, transfer
-from core.loader import BetonError, build_loader, column_values
-from core.models import build_model
-from core.run_config import RunConfig
-from core.select_heads import SELECTED
-from core.selection import cosine_cost, select_classes, unbalanced_plan
+from core.train import checkpoint
+from core.format import config as cfglib
+from core.format import hierarchy as hlib
+from core.methods import select_transfer
+from core.train import run as train_run, transfer
+from core.data.loader import BetonError, build_loader, column_values
+from core.models.build import build_model
+from core.train.run_config import RunConfig
+from core.models.two_head import SELECTED
+from core.methods.selection import cosine_cost, select_classes, unbalanced_plan
 from launch.cli import main as cli
 
 MLP = ("model.name=bmlp", "model.kwargs={depth: 2, width: 64}", "model.compile=never", "optim.name=adamw",
@@ -185,8 +187,8 @@ def test_finetune_with_selected_pretraining_data(source, tiny_dataset, tmp_path,
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and all(0 <= m["train_acc1"] <= 1 for m in metrics)
     # eval, features and clustering read the run's target network without its training-only head
-    from core.evaluate_run import evaluate_run
-    from core.features import run_model
+    from core.train.evaluate import evaluate_run
+    from core.methods.features import run_model
 
     again = evaluate_run(out)
     assert again[f"acc1/{coarse}"] == pytest.approx(result[f"acc1/{coarse}"])

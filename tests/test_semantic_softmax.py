@@ -1,7 +1,7 @@
-"""Multi-level pretraining (core/semantic_softmax.py, train.objective=semantic_softmax): the loss equals a hand
+"""Multi-level pretraining (core/train/semantic_softmax.py, train.objective=semantic_softmax): the loss equals a hand
 computation (hard and soft targets, label smoothing, weights by level size), a real run through `grainsweep train`
 learns every level, and everything that rebuilds a run's model from its folder loads it: `grainsweep eval`,
-transfer (linear probe and full fine-tuning) and core.features.run_model."""
+transfer (linear probe and full fine-tuning) and core.methods.features.run_model."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import checkpoint, config as cfglib, features, train_run, transfer
-from core import hierarchy as hlib
-from core.evaluate_run import evaluate_run
-from core.models import build_model
-from core.run_config import RunConfig
-from core.semantic_softmax import (MultiLevelModel, SemanticSoftmax, build_objective, build_run_model,
+from core.train import checkpoint, run as train_run, transfer
+from core.format import config as cfglib
+from core.methods import features
+from core.format import hierarchy as hlib
+from core.train.evaluate import evaluate_run
+from core.models.build import build_model
+from core.train.run_config import RunConfig
+from core.train.semantic_softmax import (MultiLevelModel, SemanticSoftmax, build_objective, build_run_model,
                                    level_weights, with_new_head)
 from data_tools import derive
 from launch.cli import main as cli

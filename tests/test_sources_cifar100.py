@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import hierarchy as hlib
-from core.hierarchy import HierarchyError
+from core.format import hierarchy as hlib
+from core.format.hierarchy import HierarchyError
 from data_tools import convert_source
 from data_tools.sources import cifar100
 from tests.test_convert_synthetic import read_beton

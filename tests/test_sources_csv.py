@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core import hierarchy as hlib
-from core.hierarchy import HierarchyError
+from core.format import hierarchy as hlib
+from core.format.hierarchy import HierarchyError
 from launch.cli import main as cli
 from tests.test_bad_images import read_rows
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from timm.data import ImageNetInfo
 
-from core import hierarchy as hlib
+from core.format import hierarchy as hlib
 from data_tools import convert_source, wordnet_tree
 from data_tools.sources import imagenet
 from launch.cli import main as cli

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core import hierarchy as hlib
+from core.format import hierarchy as hlib
 from data_tools import convert_source
 from data_tools.sources import inat2021
 from tests.test_bad_images import read_rows

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core import config as cfglib
+from core.format import config as cfglib
 from launch import plan as planlib, report, sweep
 from tests.test_sweep_local import tiny_sweep
 

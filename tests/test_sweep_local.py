@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from core import config as cfglib
-from core import config as cfglib, train_run
+from core.format import config as cfglib
+from core.format import config as cfglib
+from core.train import run as train_run
 from launch import executors, plan as planlib, report, status, sweep, sweep_config
 from launch.cli import main as cli
 
@@ -220,7 +221,7 @@ def test_status_report_and_planning_do_not_import_torch():
 
 
 def test_fields_added_later_keep_folder_names_at_their_defaults():
-    from core.run_config import RunConfig
+    from core.train.run_config import RunConfig
     config = cfglib.to_dict(cfglib.load(RunConfig, None, []))
     older = {section: {k: v for k, v in values.items() if (section, k) not in planlib.LATER_FIELDS}
              for section, values in config.items()}  # a resolved config from before those fields existed

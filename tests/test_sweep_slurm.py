@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core import train_run
+from core.train import run as train_run
 from launch import executors, report, status, sweep
 from launch.jobs import read_starts
 from tests.slurm_cluster import job_field, slurm_cluster, wait_for  # noqa: F401

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import checkpoint, config as cfglib
-from core import hierarchy as hlib
-from core.run_config import RunConfig
-from core import train_run
+from core.train import checkpoint
+from core.format import config as cfglib
+from core.format import hierarchy as hlib
+from core.train.run_config import RunConfig
+from core.train import run as train_run
 from launch.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent

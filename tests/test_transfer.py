@@ -1,4 +1,4 @@
-"""Transfer (core/transfer.py, `grainsweep finetune`) on real betons: linear probe freezes everything but the new
+"""Transfer (core/train/transfer.py, `grainsweep finetune`) on real betons: linear probe freezes everything but the new
 head (BatchNorm statistics included), full fine-tuning moves the backbone, resume equals an uninterrupted
 transfer, a pretrained probe beats chance, and the source run is recorded."""
 
@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import checkpoint, config as cfglib
-from core import hierarchy as hlib
-from core import train_run, transfer
-from core.run_config import RunConfig
+from core.train import checkpoint
+from core.format import config as cfglib
+from core.format import hierarchy as hlib
+from core.train import run as train_run, transfer
+from core.train.run_config import RunConfig
 from data_tools import convert_synthetic
 from launch.cli import main as cli
 
@@ -63,7 +64,7 @@ def test_linear_mode_builds_optimizer_over_the_head_only(source):
     model, _ = transfer.build_transfer_model(source, 2, "linear")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable == ["head.weight", "head.bias"]
-    from core.optim import build_optimizer
+    from core.train.optim import build_optimizer
 
     opt = build_optimizer(model, "adamw", lr=0.1, weight_decay=0.1)
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == transfer.trainable_parameters(model)

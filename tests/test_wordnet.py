@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core.hierarchy import Hierarchy, HierarchyError
+from core.format.hierarchy import Hierarchy, HierarchyError
 from data_tools import wordnet_data, wordnet_tree
 from data_tools.wordnet_tree import WnidError, build_hierarchy
 

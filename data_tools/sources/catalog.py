@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.hierarchy import Hierarchy
+from core.format.hierarchy import Hierarchy
 
 
 class SourceError(ValueError):
@@ -67,7 +67,7 @@ def check_nesting(level_names: list[str], rows: list[list[str]]) -> None:
     `rows[j][i]` is row j's class id at level i, finest first. Hierarchy.from_leaf_paths sees one path per
     leaf, so a leaf with two different paths in different rows must be caught here.
     """
-    from core.hierarchy import HierarchyError
+    from core.format.hierarchy import HierarchyError
 
     for i in range(len(level_names) - 1):
         parent: dict[str, str] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.hierarchy import Hierarchy, HierarchyError, Level
+from core.format.hierarchy import Hierarchy, HierarchyError, Level
 from data_tools import beton
 from data_tools.sources.catalog import Catalog, Listing, SourceError, SplitRows
 

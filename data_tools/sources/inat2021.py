@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.hierarchy import Hierarchy
+from core.format.hierarchy import Hierarchy
 from data_tools import beton
 from data_tools.sources.catalog import Catalog, Listing, SourceError, SplitRows
 

@@ -21,7 +21,7 @@ FORMAT = 1  # bump when the layout below changes
 _NAME = re.compile(r"^(?!\.).*?(\d+)\.pt$")  # any "<name><number>.pt"; dot files are temporaries
 
 
-AUXILIARY_HEADS = ("selected_head.",)  # training-only heads (core/select_heads.py): not part of the network a
+AUXILIARY_HEADS = ("selected_head.",)  # training-only heads (core/models/two_head.py): not part of the network a
 # run leaves for evaluation, features and transfer
 
 def path_for(run_dir: str | os.PathLike, step: int) -> Path:

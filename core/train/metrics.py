@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from core.hierarchy import Hierarchy
+from core.format.hierarchy import Hierarchy
 
 
 def coarse_probs(probs: torch.Tensor, parent: torch.Tensor, num_coarse: int) -> torch.Tensor:

@@ -4,7 +4,7 @@
 padded to the largest stored height and width (image n in `pixels[n, :heights[n], :widths[n]]`, zeros beside
 it), their stored sizes, and int64 values of the integer columns asked for. `image_sizes` gives the stored
 sizes from the metadata alone, to size the padded array before reading anything. This is the input of
-core/resident.py, which keeps a small data set on the training device.
+core/data/resident.py, which keeps a small data set on the training device.
 
 ffcv facts this module relies on (ffcv 1.0.2 source, site-packages/ffcv):
 - `Reader(path).metadata` is a structured array with one field per column, named f0, f1, ... in the order of
@@ -32,7 +32,7 @@ from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 from tqdm import tqdm
 
-from core.loader import IMAGE_COLUMN, BetonError
+from core.data.loader import IMAGE_COLUMN, BetonError
 
 PROGRESS_MIN_IMAGES = 20_000  # show a progress bar from this many images on (CIFAR's 50,000 take seconds)
 

@@ -7,7 +7,7 @@ Two modes, as in Hong et al. (arXiv 2303.16887) and the linear-probe literature:
 
 The model is built from the source run's config (its name, kwargs and resolution), loaded from the source's
 newest checkpoint, given a new head for the target's classes (`reset_head`), then handed to
-core.train_run.run through `parts`, so the run folder (config.yaml, metrics.jsonl, tb/, checkpoints/,
+core.train.run.run through `parts`, so the run folder (config.yaml, metrics.jsonl, tb/, checkpoints/,
 result.json) and resume behave exactly as for `grainsweep train`. `transfer.json` in the run folder records
 the source run, its checkpoint and the mode.
 """
@@ -22,10 +22,11 @@ from typing import Literal
 
 from torch import nn
 
-from core import checkpoint, config as cfglib, provenance
-from core.semantic_softmax import build_run_model, with_new_head
-from core.run_config import RunConfig
-from core.train_run import CHECKPOINT_DIR, Parts, RunConfigError, build_parts, check_data, run
+from core.train import checkpoint
+from core.format import config as cfglib, provenance
+from core.train.semantic_softmax import build_run_model, with_new_head
+from core.train.run_config import RunConfig
+from core.train.run import CHECKPOINT_DIR, Parts, RunConfigError, build_parts, check_data, run
 
 MODES = ("full", "linear")
 TRANSFER_FILE = "transfer.json"
@@ -94,7 +95,7 @@ def finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: Mode = "
     """Trains `cfg` (see transfer_config) in `out`, starting from `source`; returns the final evaluation.
 
     make_parts(cfg, model) builds the run's parts from the transfer model instead of build_parts (a transfer
-    with more heads and data: core/select_transfer.py)."""
+    with more heads and data: core/methods/select_transfer.py)."""
     source, out = Path(source).resolve(), Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise RunConfigError(f"{out} already holds a run; pass --resume to continue it, or use a new --out")

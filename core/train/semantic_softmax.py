@@ -2,15 +2,15 @@
 the Masses", arXiv 2104.10972): one linear head per hierarchy level on a shared backbone, one softmax
 cross-entropy per level, and the levels' losses summed with weights from the levels' sizes.
 
-    MultiLevelModel  - backbone (core.models.build_model without classifier) + one Linear head per level; its
+    MultiLevelModel  - backbone (core.models.build.build_model without classifier) + one Linear head per level; its
                        output is every head's logits concatenated in level order, finest first (one tensor, so
                        torch.compile sees a plain classifier). reset_head(n) swaps all heads for one new head: the
                        wrapper then behaves as a plain single-head model.
     with_new_head    - what a transfer starts from: a MultiLevelModel's backbone given a new classifier, which has
-                       exactly the layout of core.models.build_model's model, so the transfer run (its config says
+                       exactly the layout of core.models.build.build_model's model, so the transfer run (its config says
                        train.objective=single) reloads wherever a plain run does (eval, features, a further
                        transfer); any other model gets reset_head in place.
-    SemanticSoftmax  - the Objective (core/objective.py): loss = sum_k w_k * CE_k, logits = the finest level's slice
+    SemanticSoftmax  - the Objective (core/train/objective.py): loss = sum_k w_k * CE_k, logits = the finest level's slice
     level_weights    - w_k from the class counts n_k of the trained levels
     build_run_model / build_objective - what a RunConfig asks for (`train.objective`); every place that rebuilds
                        a run's network from its folder (training, `grainsweep eval`, transfer, features) calls
@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import hierarchy as hlib
-from core.config import ConfigError
-from core.models import build_model
-from core.objective import Objective, SingleLevel
-from core.run_config import RunConfig
+from core.format import hierarchy as hlib
+from core.format.config import ConfigError
+from core.models.build import build_model
+from core.train.objective import Objective, SingleLevel
+from core.train.run_config import RunConfig
 
 WEIGHTINGS = ("ridnik", "classes", "uniform")
 RIDNIK_MAX_WEIGHT = 20.0  # their max_normalization_factor (2e1), applied before normalising
@@ -73,7 +73,7 @@ def level_weights(sizes: Sequence[int], kind: str = "ridnik") -> tuple[float, ..
 class MultiLevelModel(nn.Module):
     """A backbone with one linear head per level; forward -> (B, sum(level_sizes)) logits, finest level first.
 
-    Has the interface of core/models.py: forward, forward_features (the backbone's pooled features), feature_dim,
+    Has the interface of core/models/build.py: forward, forward_features (the backbone's pooled features), feature_dim,
     reset_head."""
 
     def __init__(self, backbone: nn.Module, level_sizes: Sequence[int]):
@@ -102,7 +102,7 @@ class MultiLevelModel(nn.Module):
 
 
 class SemanticSoftmax:
-    """sum_k w_k * cross-entropy at level k on the k-th slice of a MultiLevelModel's output (core/objective.py)."""
+    """sum_k w_k * cross-entropy at level k on the k-th slice of a MultiLevelModel's output (core/train/objective.py)."""
 
     def __init__(self, levels: Sequence[str], sizes: Sequence[int], weights: Sequence[float],
                  label_smoothing: float = 0.0) -> None:
@@ -174,7 +174,7 @@ def objective_levels(cfg: RunConfig, level: str) -> tuple[str, ...]:
 
 
 def build_run_model(cfg: RunConfig, hierarchy: hlib.Hierarchy, level: str) -> nn.Module:
-    """The freshly initialised network of a run with config `cfg` at `level` (as core.train_run.check_data gives
+    """The freshly initialised network of a run with config `cfg` at `level` (as core.train.run.check_data gives
     them): a single-head model for train.objective=single, a MultiLevelModel for semantic_softmax."""
     if cfg.train.objective == "single":
         return build_model(cfg.model.name, hierarchy.level(level).num_classes, cfg.data.resolution,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core import checkpoint, config as cfglib, provenance
-from core.engine import evaluate
-from core.run_config import RunConfig
-from core.train_run import CHECKPOINT_DIR, RunConfigError, build_parts
+from core.train import checkpoint
+from core.format import config as cfglib, provenance
+from core.train.engine import evaluate
+from core.train.run_config import RunConfig
+from core.train.run import CHECKPOINT_DIR, RunConfigError, build_parts
 
 
 def evaluate_run(run_dir: Path, data: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:

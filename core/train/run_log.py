@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from core.provenance import write_atomic
+from core.format.provenance import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -1,12 +1,12 @@
 """Clustering evaluation of a finished run: k-means on its frozen val-set features at every hierarchy level.
 
-The run's network (config.yaml + newest checkpoint, core.features.run_model) embeds every image of the
+The run's network (config.yaml + newest checkpoint, core.methods.features.run_model) embeds every image of the
 dataset's val.beton (centre crop at the run's validation resolution, no flip, the run's precision); then
-core.clustering.cluster_metrics scores k-means with k = each level's class count against that level's labels
+core.methods.clustering.cluster_metrics scores k-means with k = each level's class count against that level's labels
 (NMI, ARI, Hungarian accuracy; features L2-normalised). The result is written atomically into the run folder:
 `clustering.json` for the run's own dataset, `clustering-<dataset folder name>.json` for another `data`.
 A sweep's clustering job (`cluster_into`) also writes it as result.json into its own run folder, which marks
-the job done for reruns (core.train_run.is_done).
+the job done for reruns (core.train.run.is_done).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core import checkpoint, clustering, config as cfglib, hierarchy as hlib, provenance
-from core.features import extract_beton, run_model
-from core.run_config import RunConfig
-from core.train_run import CHECKPOINT_DIR, RESULT_FILE, RunConfigError, resolve_device
+from core.train import checkpoint
+from core.methods import clustering
+from core.format import config as cfglib, hierarchy as hlib, provenance
+from core.methods.features import extract_beton, run_model
+from core.train.run_config import RunConfig
+from core.train.run import CHECKPOINT_DIR, RESULT_FILE, RunConfigError, resolve_device
 
 CLUSTERING_FILE = "clustering.json"
 

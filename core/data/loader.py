@@ -4,9 +4,9 @@
   images  uint8 (B, H, W, 3) NHWC on `device` (H = W = the current resolution)
   labels  {level: int64 (B,)} for every requested level, in the order asked
   extras  {column: int64 (B,)} for every requested extra column ('index', 'hard', ...), in the order asked
-A requested level that is not a beton column but a derived level of the dataset (core/derived.py: a sidecar in
+A requested level that is not a beton column but a derived level of the dataset (core/format/derived.py: a sidecar in
 the beton's folder) is served from its `index` column through a lookup table on `device`.
-`GpuBatches` wraps a loader and an augment callable (core.augment.GpuAugment) and measures the fraction of
+`GpuBatches` wraps a loader and an augment callable (core.data.augment.GpuAugment) and measures the fraction of
 wall time spent waiting for data. `build_loader(indices=rows)` serves a subset of the rows (no copy);
 `column_values` / `rows_with_labels` read an integer column of every row from the beton's metadata (no image).
 
@@ -22,8 +22,8 @@ ffcv facts this module relies on (ffcv 1.0.2 source, site-packages/ffcv):
   share their orders shifted by one epoch. We hand ffcv `seed * SEED_STRIDE` for RANDOM so orders of different
   seeds never coincide for epochs < SEED_STRIDE.
 - ffcv's RandomResizedCrop and RandomHorizontalFlip draw from numba's per-thread np.random, which ffcv never
-  seeds; we use core.seeded_crop.SeededRandomResizedCrop (crops a pure function of seed and epoch) and flip
-  on the device. Both our decoders (core.seeded_crop) decode JPEGs at the smallest DCT scale k/8 that keeps the
+  seeds; we use core.data.seeded_crop.SeededRandomResizedCrop (crops a pure function of seed and epoch) and flip
+  on the device. Both our decoders (core.data.seeded_crop) decode JPEGs at the smallest DCT scale k/8 that keeps the
   crop at least the output size: cheaper decodes for crops resized down.
 - Batches are views into ring buffers of `batches_ahead + 2` slots that ffcv reuses: a batch kept across more
   than about `batches_ahead` further `next()` calls is overwritten. `.clone()` what you keep.
@@ -47,8 +47,8 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.reader import Reader
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor
 
-from core import derived as derived_lib
-from core.seeded_crop import ScaledCenterCrop, SeededRandomResizedCrop
+from core.format import derived as derived_lib
+from core.data.seeded_crop import ScaledCenterCrop, SeededRandomResizedCrop
 
 IMAGE_COLUMN = "image"
 INDEX_COLUMN = "index"
@@ -137,7 +137,7 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     """A loader over the beton at `path`.
 
     split: 'train' = RandomResizedCrop over `scale` (area fraction), seeded by (seed, epoch) through
-    core.seeded_crop, (+ ffcv's unseeded RandomHorizontalFlip when `flip_on_cpu`; by default the flip is left
+    core.data.seeded_crop, (+ ffcv's unseeded RandomHorizontalFlip when `flip_on_cpu`; by default the flip is left
     to the device stage, which draws from torch's seeded generator); 'val' = centre crop 224/256.
     drop_last: None means True for train (fixed shapes for torch.compile) and False for val (every sample).
     extra_columns: further IntFields to return in `Batch.extras`, e.g. ['index', 'hard'].
@@ -194,7 +194,7 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
 
 def check_request(split: str, order: str, levels: Sequence[str], extra_columns: Sequence[str]
                   ) -> tuple[list[str], list[str], list[str]]:
-    """The argument checks every loader of a beton makes (this one, core/resident.py's): returns the levels, the
+    """The argument checks every loader of a beton makes (this one, core/data/resident.py's): returns the levels, the
     extra columns and every column asked for (the image first)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -212,7 +212,7 @@ def check_request(split: str, order: str, levels: Sequence[str], extra_columns: 
 
 def check_indices(path: Path, indices: Sequence[int] | np.ndarray) -> np.ndarray:
     """`indices` as ffcv's own row type (uint64, as its default arange), after checking them against the beton
-    (non-empty, 1-d, integer, in range, no row twice); core/resident.py makes the same checks through here."""
+    (non-empty, 1-d, integer, in range, no row twice); core/data/resident.py makes the same checks through here."""
     rows = np.asarray(indices)
     if rows.ndim != 1 or rows.size == 0 or not np.issubdtype(rows.dtype, np.integer):
         raise ValueError(f"indices must be a non-empty 1-d array of row numbers, got {rows.dtype} {rows.shape}")
@@ -228,7 +228,7 @@ def column_values(path: str | Path, column: str) -> np.ndarray:
     """int64 value of an integer column (a level or e.g. 'index') for every row of the beton, in row order.
 
     Read from the beton's metadata table, where ffcv keeps IntFields: no image is read. A derived level of the
-    dataset (core/derived.py) is looked up through the `index` column (-1 = no class)."""
+    dataset (core/format/derived.py) is looked up through the `index` column (-1 = no class)."""
     path = Path(path)
     columns = beton_columns(path)
     if column in columns:

@@ -2,10 +2,10 @@
 
 For small data sets (CIFAR-100 at 32 px, the synthetic presets at 16-64 px) the whole decoded split fits in
 device memory, so ffcv's per-epoch CPU decode is work done again and again for nothing. `build_resident_loader`
-reads every image once (core/beton_images.py, no ffcv Loader), stores them on `device` as one uint8 tensor padded
-to the largest stored size plus each image's (height, width), and serves `core.loader.Batch`es like
-core.loader.BetonLoader (same properties, same epoch/resume semantics): each batch's crops are one batched
-affine_grid + grid_sample, rounded back to uint8 NHWC, so the device stage (core.augment.GpuAugment: flip,
+reads every image once (core/data/beton_images.py, no ffcv Loader), stores them on `device` as one uint8 tensor padded
+to the largest stored size plus each image's (height, width), and serves `core.data.loader.Batch`es like
+core.data.loader.BetonLoader (same properties, same epoch/resume semantics): each batch's crops are one batched
+affine_grid + grid_sample, rounded back to uint8 NHWC, so the device stage (core.data.augment.GpuAugment: flip,
 normalise, mixup/cutmix) is the same as with ffcv. Memory: N x H x W x 3 bytes per split (H, W the largest
 stored height and width); a split over `max_bytes` is refused before anything is read.
 
@@ -18,7 +18,7 @@ Facts it relies on:
   the unused tries' draws are thrown away, which leaves the distribution unchanged (tests compare boxes with a
   scalar copy of ffcv's function fed the same draws).
 - The validation box is ffcv's CenterCropRGBImageDecoder's (get_center_crop): side c = int(ratio * min(H, W))
-  at ((H - c) // 2, (W - c) // 2), ratio core.loader.VAL_CROP_RATIO, then resized to the resolution.
+  at ((H - c) // 2, (W - c) // 2), ratio core.data.loader.VAL_CROP_RATIO, then resized to the resolution.
 - F.grid_sample(bilinear, align_corners=False) reads input pixel-centre coordinate s at grid value
   (2 s + 1) / size - 1. The affine map here sends output pixel y to s = i + (y + 0.5) * h / R - 0.5, the
   pixel-centre mapping of resizing the crop (F.interpolate(bilinear, align_corners=False), cv2.resize); the grid
@@ -44,11 +44,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.beton_images import image_sizes, padded_nbytes, read_images
-from core.loader import (VAL_CROP_RATIO, Batch, BetonError, beton_columns, check_indices, check_request,
+from core.data.beton_images import image_sizes, padded_nbytes, read_images
+from core.data.loader import (VAL_CROP_RATIO, Batch, BetonError, beton_columns, check_indices, check_request,
                          column_values)
 
-ASPECT_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect range, as in core.seeded_crop
+ASPECT_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect range, as in core.data.seeded_crop
 CROP_TRIES = 10  # torchvision's and ffcv's tries before the centre-crop fallback
 DEFAULT_MAX_BYTES = 8 * 10**9  # matches run_config.DataConfig.resident_max_gb's default
 
@@ -125,7 +125,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class ResidentLoader:
-    """core.loader.BetonLoader's interface over images held on the device: iterating yields `Batch`es for the
+    """core.data.loader.BetonLoader's interface over images held on the device: iterating yields `Batch`es for the
     epoch `self.epoch` and then advances it by one; crops and order are a function of (seed, epoch)."""
 
     def __init__(self, images: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor,
@@ -146,7 +146,7 @@ class ResidentLoader:
     def __getattr__(self, name: str) -> Any:
         if name in ("ffcv", "decoder"):  # BetonLoader's ffcv internals: there are none here
             raise AttributeError(f"ResidentLoader has no {name!r}: images are decoded once and cropped on the "
-                                 "device (core/resident.py); use resolution / set_resolution / set_epoch")
+                                 "device (core/data/resident.py); use resolution / set_resolution / set_epoch")
         raise AttributeError(name)
 
     # progressive resizing and resume, as BetonLoader
@@ -209,9 +209,9 @@ def build_resident_loader(path: str | Path, *, split: Literal["train", "val"], b
                           device: str | torch.device, scale: tuple[float, float] = (0.08, 1.0),
                           indices: Sequence[int] | np.ndarray | None = None,
                           max_bytes: int = DEFAULT_MAX_BYTES) -> ResidentLoader:
-    """A ResidentLoader over the beton at `path`; the arguments mean what they mean for core.loader.build_loader.
+    """A ResidentLoader over the beton at `path`; the arguments mean what they mean for core.data.loader.build_loader.
 
-    levels may name derived levels (core/derived.py), looked up once here. max_bytes: refuse (ResidentMemoryError)
+    levels may name derived levels (core/format/derived.py), looked up once here. max_bytes: refuse (ResidentMemoryError)
     when the padded images (N x H x W x 3 bytes) would take more."""
     path = Path(path)
     levels, extra_columns, _ = check_request(split, order, levels, extra_columns)

@@ -1,6 +1,6 @@
 """Frozen features of a trained model over a beton: the input of clustering evaluation and data selection.
 
-`extract` runs `model.forward_features` (pooled, one vector per image; core/models.py) over every batch of a
+`extract` runs `model.forward_features` (pooled, one vector per image; core/models/build.py) over every batch of a
 loader (centre crops, no flip) and returns the features with each sample's labels at the loader's levels and,
 where the loader serves it, the sample's `index` column (its row in the beton). `run_model` rebuilds a finished
 run's network from its folder (config.yaml + newest checkpoint) on a device, ready for `extract`.
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.loader import BetonLoader
+from core.data.loader import BetonLoader
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Features:
 def extract(model: torch.nn.Module, loader: BetonLoader, augment, autocast=None,
             desc: str = "features") -> Features:
     """Pooled features of every image `loader` yields. `augment` turns the uint8 batch into model input
-    (core.augment.GpuAugment without flip); `autocast` is an optional context-manager factory (bf16 on CUDA)."""
+    (core.data.augment.GpuAugment without flip); `autocast` is an optional context-manager factory (bf16 on CUDA)."""
     was_training = model.training
     model.eval()
     feats, labels, index = [], {}, []
@@ -45,7 +45,7 @@ def extract(model: torch.nn.Module, loader: BetonLoader, augment, autocast=None,
             else:
                 f = model.forward_features(x)
             feats.append(f.float().cpu())
-            # copy=True: on a CPU loader .cpu() would keep views into ffcv's reused ring buffers (core/loader.py)
+            # copy=True: on a CPU loader .cpu() would keep views into ffcv's reused ring buffers (core/data/loader.py)
             for lv, y in batch.labels.items():
                 labels.setdefault(lv, []).append(y.reshape(-1).to("cpu", copy=True))
             if "index" in batch.extras:
@@ -65,9 +65,9 @@ def extract_beton(model: torch.nn.Module, cfg, beton: str | Path, levels: list[s
     """`extract` over every row of `beton` (or the rows `indices`) in order: centre crops at `resolution` (0 = the
     run's val resolution), no flip, the run's precision, workers and batch size (`cfg` is the run's RunConfig, as
     `run_model` returns it)."""
-    from core.augment import GpuAugment
-    from core.loader import build_loader
-    from core.train_run import resolve_precision
+    from core.data.augment import GpuAugment
+    from core.data.loader import build_loader
+    from core.train.run import resolve_precision
 
     precision = resolve_precision(cfg.train.precision, device)
     loader = build_loader(beton, split="val", batch_size=cfg.data.val_batch_size, num_workers=cfg.data.workers,
@@ -89,10 +89,11 @@ def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> t
 
 def run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, "object"]:
     """(model with the run's newest weights, in eval mode on `device`; the run's RunConfig)."""
-    from core import checkpoint, config as cfglib
-    from core.semantic_softmax import build_run_model
-    from core.run_config import RunConfig
-    from core.train_run import CHECKPOINT_DIR, RunConfigError, check_data
+    from core.train import checkpoint
+    from core.format import config as cfglib
+    from core.train.semantic_softmax import build_run_model
+    from core.train.run_config import RunConfig
+    from core.train.run import CHECKPOINT_DIR, RunConfigError, check_data
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

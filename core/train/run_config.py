@@ -19,7 +19,7 @@ class DataConfig:
     os_cache: bool = True  # page cache (True) or ffcv's own process cache (False, for data > RAM)
     scale: tuple[float, float] = (0.35, 1.0)  # RandomResizedCrop area range
     flip: bool = True  # random horizontal flip (done in the device stage)
-    # keep the decoded data set on the training device and crop there (core/resident.py): for small betons
+    # keep the decoded data set on the training device and crop there (core/data/resident.py): for small betons
     # (CIFAR, the synthetic presets), where ffcv's per-epoch CPU decode is the bottleneck; workers and os_cache
     # are then unused, quasi_random is served as random
     resident: bool = False
@@ -65,7 +65,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
     keep_checkpoints: int = 1  # newest checkpoints kept
-    # what training minimises (core/semantic_softmax.py): 'single' = cross-entropy at data.level; 'semantic_softmax'
+    # what training minimises (core/train/semantic_softmax.py): 'single' = cross-entropy at data.level; 'semantic_softmax'
     # = one head per level and sum_k w_k * cross-entropy_k over objective_levels (ImageNet-21K-P's multi-level
     # pretraining); evaluation, transfer and features use data.level's head / the shared backbone either way
     objective: Literal["single", "semantic_softmax"] = "single"

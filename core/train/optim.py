@@ -2,7 +2,7 @@
 
 The learning rate lives in a 0-d tensor shared by all parameter groups. A Python float that changes every step
 is guarded by value in a torch.compile'd step and recompiles it (see the PyTorch tutorial "Running the compiled
-optimizer with an LR scheduler"); core.schedule writes the tensor in place with fill_ instead.
+optimizer with an LR scheduler"); core.train.schedule writes the tensor in place with fill_ instead.
 """
 
 from __future__ import annotations

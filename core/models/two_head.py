@@ -1,6 +1,6 @@
 """Two heads on one backbone for fine-tuning with selected pretraining data (Liu et al., NeurIPS 2022).
 
-A training batch is the target batch followed by the selected batch (core/select_data.py): its first
+A training batch is the target batch followed by the selected batch (core/data/paired.py): its first
 `target_rows` rows are target images, the rest selected pretraining images. The model puts both heads on the
 shared features; the objective scores the target head on the target rows and the selected head on the selected
 rows: loss = CE_target + lambda * CE_selected.
@@ -8,7 +8,7 @@ rows: loss = CE_target + lambda * CE_selected.
     TwoHeadModel  - in training mode, output (B, C_target + K): target head then selected head, on every row;
                     in eval mode, output (B, C_target): the plain target classifier, so evaluation, `eval` and
                     feature extraction see only the target head.
-    SelectedObjective - the core/objective.py interface: loss as above; logits(output) = the target head's
+    SelectedObjective - the core/train/objective.py interface: loss as above; logits(output) = the target head's
                     scores of the target rows in training (C_target + K columns), the output itself in eval.
 
 Evaluation (core/engine.evaluate) runs the model in eval mode on val batches that hold only target rows, so
@@ -21,13 +21,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.optim import build_loss
+from core.train.optim import build_loss
 
 SELECTED = "selected"  # key of the selected rows' labels (0..K-1) in a training batch's targets
 
 
 def classify(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """`model`'s own classifier applied to its pooled features (core/models.py: bmlp `head`, timm's classifier).
+    """`model`'s own classifier applied to its pooled features (core/models/build.py: bmlp `head`, timm's classifier).
 
     For timm models this skips the head's dropout (forward_head drops before the classifier, after
     pre_logits); timm models are built with drop_rate 0 unless model.kwargs asks for it."""
@@ -37,7 +37,7 @@ def classify(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Module):
         raise TypeError(f"{type(model).__name__}: no classifier to put beside a second head (expected a "
-                        "core.models model: bmlp's `head` or a timm model's get_classifier())")
+                        "core.models.build model: bmlp's `head` or a timm model's get_classifier())")
     return head(features)
 
 

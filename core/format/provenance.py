@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import config as cfglib
+from core.format import config as cfglib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,20 +1,20 @@
 """Fine-tuning with selected pretraining data (Liu et al., NeurIPS 2022): `grainsweep finetune ... --select-k K`.
 
 1. Selection (`compute_selection`). The source run's network (newest checkpoint, eval mode) gives pooled features
-   (core.features) of the pretraining set (the source's data.path/train.beton at the source's level) and of the
+   (core.methods.features) of the pretraining set (the source's data.path/train.beton at the source's level) and of the
    target set (the transfer's data.path/train.beton at the target level), centre crops at the source's val
-   resolution, one pass when both are the same beton. Class means -> core.selection: the K pretraining classes
+   resolution, one pass when both are the same beton. Class means -> core.methods.selection: the K pretraining classes
    that send the most mass to the target classes. Marginals: 1 per class with samples (Liu et al.), 0 for a class
    without. The record (classes, ids, names, masses, image counts, settings) goes to `selection.json` in the run
    folder; a resumed run reuses it instead of selecting again.
-2. Training (`selected_parts`). The transfer model (core.transfer.build_transfer_model) gets a second head for the
-   K classes (core.select_heads); each step takes a target batch and a batch of the selected classes' images,
-   read from the pretraining beton by row (core.loader `indices`, no copy; core.select_data), and minimises
+2. Training (`selected_parts`). The transfer model (core.train.transfer.build_transfer_model) gets a second head for the
+   K classes (core.models.two_head); each step takes a target batch and a batch of the selected classes' images,
+   read from the pretraining beton by row (core.data.loader `indices`, no copy; core.data.paired), and minimises
    CE_target + lambda * CE_selected. Evaluation, metrics and checkpoints are those of any transfer
-   (core.train_run.run, resume included); evaluation sees only the target head.
+   (core.train.run.run, resume included); evaluation sees only the target head.
 
 `SelectConfig` holds the settings (defaults with units); `finetune_selected` is what the CLI and a sweep call
-(k = 0 is a plain core.transfer.finetune). The run's config.yaml is the transfer's RunConfig: a sweep must name
+(k = 0 is a plain core.train.transfer.finetune). The run's config.yaml is the transfer's RunConfig: a sweep must name
 its run folders by SelectConfig too (selection.json records it, and a resume with other settings is refused).
 """
 
@@ -28,14 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from core import config as cfglib, provenance, transfer
-from core.features import Features, class_means, extract_beton, run_model
-from core.loader import column_values, rows_with_labels
-from core.run_config import RunConfig
-from core.select_data import PairedAugment, PairedLoader, selected_augment
-from core.select_heads import SelectedObjective, TwoHeadModel
-from core.selection import COST_SCALE, REG, REG_M_SOURCE, REG_M_TARGET, select_classes
-from core.train_run import Parts, RunConfigError, build_parts, build_run_loader, check_data, resolve_device
+from core.format import config as cfglib, provenance
+from core.train import transfer
+from core.methods.features import Features, class_means, extract_beton, run_model
+from core.data.loader import column_values, rows_with_labels
+from core.train.run_config import RunConfig
+from core.data.paired import PairedAugment, PairedLoader, selected_augment
+from core.models.two_head import SelectedObjective, TwoHeadModel
+from core.methods.selection import COST_SCALE, REG, REG_M_SOURCE, REG_M_TARGET, select_classes
+from core.train.run import Parts, RunConfigError, build_parts, build_run_loader, check_data, resolve_device
 
 SELECTION_FILE = "selection.json"
 
@@ -134,7 +135,7 @@ def selected_rows(record: dict) -> np.ndarray:
 
 
 def selected_parts(cfg: RunConfig, model: nn.Module, record: dict, select: SelectConfig) -> Parts:
-    """The run's parts (core.train_run.build_parts) with a second head, its objective and paired batches."""
+    """The run's parts (core.train.run.build_parts) with a second head, its objective and paired batches."""
     h, level = check_data(cfg)
     k = len(record["classes"])
     n_selected = select.batch_size or cfg.data.batch_size
@@ -159,7 +160,7 @@ def selected_parts(cfg: RunConfig, model: nn.Module, record: dict, select: Selec
 
 def finetune_selected(source: str | Path, cfg: RunConfig, out: str | Path, select: SelectConfig,
                       mode: transfer.Mode = "full", resume: bool = False) -> dict:
-    """core.transfer.finetune plus the selected pretraining data of `select` (none when select.k == 0)."""
+    """core.train.transfer.finetune plus the selected pretraining data of `select` (none when select.k == 0)."""
     source, out = Path(source).resolve(), Path(out)
     marker = out / SELECTION_FILE
     if select.k == 0:

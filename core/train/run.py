@@ -1,4 +1,4 @@
-"""One training run from a RunConfig: builds the objects, then drives core.engine epoch by epoch.
+"""One training run from a RunConfig: builds the objects, then drives core.train.engine epoch by epoch.
 
 The run folder gets config.yaml + provenance.json (git SHA), metrics.jsonl (one line per epoch), TensorBoard
 events under tb/, checkpoints under checkpoints/, and result.json once the run has finished (its presence is
@@ -16,21 +16,22 @@ from typing import Any
 
 import torch
 
-from core import checkpoint, config as cfglib, provenance
-from core import derived as derived_lib
-from core import hierarchy as hlib
-from core.augment import GpuAugment
-from core.engine import Precision, evaluate, train_epoch
-from core.loader import BetonLoader, GpuBatches, beton_columns, build_loader
-from core.models import to_channels_last
-from core.optim import build_optimizer
-from core.resident import ResidentLoader, ResidentMemoryError, build_resident_loader
-from core.run_config import RunConfig
-from core.objective import Objective
-from core.run_log import RunLog
-from core.schedule import LRSchedule, build_loss
-from core.run_state import CHECKPOINT_DIR, RESULT_FILE, is_done  # noqa: F401  (re-exported)
-from core.semantic_softmax import SemanticSoftmax, build_objective, build_run_model
+from core.train import checkpoint
+from core.format import config as cfglib, provenance
+from core.format import derived as derived_lib
+from core.format import hierarchy as hlib
+from core.data.augment import GpuAugment
+from core.train.engine import Precision, evaluate, train_epoch
+from core.data.loader import BetonLoader, GpuBatches, beton_columns, build_loader
+from core.models.build import to_channels_last
+from core.train.optim import build_optimizer
+from core.data.resident import ResidentLoader, ResidentMemoryError, build_resident_loader
+from core.train.run_config import RunConfig
+from core.train.objective import Objective
+from core.train.run_log import RunLog
+from core.train.schedule import LRSchedule, build_loss
+from core.format.run_folder import CHECKPOINT_DIR, RESULT_FILE, is_done  # noqa: F401  (re-exported)
+from core.train.semantic_softmax import SemanticSoftmax, build_objective, build_run_model
 
 
 class RunConfigError(cfglib.ConfigError):
@@ -85,13 +86,13 @@ class Parts:
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
     loss_fn: Any  # evaluation loss at `level`
-    objective: Objective  # what training minimises (core/objective.py)
+    objective: Objective  # what training minimises (core/train/objective.py)
 
 
 def check_data(cfg: RunConfig) -> tuple[hlib.Hierarchy, str]:
     """The dataset exists and has the level asked for; returns (hierarchy, level name).
 
-    A derived level (core/derived.py) gets the hierarchy it is evaluated in: itself, then the levels it nests
+    A derived level (core/format/derived.py) gets the hierarchy it is evaluated in: itself, then the levels it nests
     under."""
     data = Path(cfg.data.path)
     if not data.is_dir():
@@ -112,7 +113,7 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
                 objective: Objective | None = None) -> Parts:
     """The run's objects. `model` / `objective` replace the config's (a transfer's model; a multi-head loss).
 
-    Without them, both follow `train.objective` (core/semantic_softmax.py): a single-head model and cross-entropy,
+    Without them, both follow `train.objective` (core/train/semantic_softmax.py): a single-head model and cross-entropy,
     or one head per level and the semantic softmax."""
     h, level = check_data(cfg)
     torch.manual_seed(cfg.train.seed)
@@ -131,7 +132,7 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
     elif (not objective_given and isinstance(objective, SemanticSoftmax)
           and getattr(model, "level_sizes", None) != objective.sizes):
         raise RunConfigError(f"train.objective=semantic_softmax needs a model with one head per level of "
-                             f"{list(objective.levels)} (core.semantic_softmax.build_run_model); the model given "
+                             f"{list(objective.levels)} (core.train.semantic_softmax.build_run_model); the model given "
                              "has other heads. A transfer trains one new head: use train.objective=single")
     model = model.to(device)
     if cfg.model.channels_last:
@@ -173,8 +174,8 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
 
 
 def build_run_loader(cfg: RunConfig, path: Path, **kw: Any) -> BetonLoader | ResidentLoader:
-    """A run's training or validation loader: core.loader.build_loader, or with data.resident the device-resident
-    loader (core/resident.py) on the same arguments (ffcv's workers/os_cache/distributed then have no meaning)."""
+    """A run's training or validation loader: core.data.loader.build_loader, or with data.resident the device-resident
+    loader (core/data/resident.py) on the same arguments (ffcv's workers/os_cache/distributed then have no meaning)."""
     if not cfg.data.resident:
         return build_loader(path, num_workers=cfg.data.workers, os_cache=cfg.data.os_cache, distributed=False,
                             **kw)

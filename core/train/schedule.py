@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.optim import build_loss  # noqa: F401  (defined with the optimizer; importable here too, as briefed)
+from core.train.optim import build_loss  # noqa: F401  (defined with the optimizer; importable here too, as briefed)
 
 KINDS = ("cosine", "linear", "constant")
 
@@ -73,6 +73,6 @@ class LRSchedule:
         for group in optimizer.param_groups:
             t = group["lr"]
             if not isinstance(t, torch.Tensor):
-                raise TypeError("optimizer lr is a float; build it with core.optim.build_optimizer")
+                raise TypeError("optimizer lr is a float; build it with core.train.optim.build_optimizer")
             t.fill_(lr)
         return lr

@@ -12,7 +12,7 @@ rewriting it, so a derived level lives in the dataset folder as
                                             "val": {...}}}
     derived/<name>.<split>.npy  int64 labels indexed by the beton's `index` column; -1 = no class
 
-and is registered by name under "derived" in hierarchy.json (core/hierarchy.py). The registry entry is written
+and is registered by name under "derived" in hierarchy.json (core/format/hierarchy.py). The registry entry is written
 last, so a level is usable only once all its files are complete.
 
 Evaluation (`eval_hierarchy`): a derived level becomes the finest level of a small hierarchy made of itself
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import hierarchy as hlib
+from core.format import hierarchy as hlib
 
 DIR_NAME = "derived"
 FORMAT = 1

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from core.hierarchy import Hierarchy
-from core.loader import BetonLoader, GpuBatches
-from core.metrics import LevelAccuracy
-from core.objective import Objective
+from core.format.hierarchy import Hierarchy
+from core.data.loader import BetonLoader, GpuBatches
+from core.train.metrics import LevelAccuracy
+from core.train.objective import Objective
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: t
             loss_sum = loss_sum.to(loss.device) + loss.detach().double() * x.shape[0]
             correct = correct.to(loss.device) + (objective.logits(output).argmax(1) == hard).sum()
         seen += x.shape[0]
-        scored += hard.shape[0]  # fewer than seen when the batch also holds other rows (core/select_heads.py)
+        scored += hard.shape[0]  # fewer than seen when the batch also holds other rows (core/models/two_head.py)
         step += 1
         if on_step is not None:
             on_step(step, {"lr": lr})

@@ -8,7 +8,7 @@ On disk it is `hierarchy.json` beside the betons:
 
 Level 0 is the leaf level (its `leaf_to_class` is the identity). Every coarser level must nest: the class of a
 leaf at level i+1 is a function of its class at level i. Loading validates that and names the culprit.
-The optional "derived" list names extra labellings stored as sidecars under derived/ (core/derived.py); they
+The optional "derived" list names extra labellings stored as sidecars under derived/ (core/format/derived.py); they
 need not nest and are not levels of this hierarchy. Files without it load as before.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.provenance import write_atomic
+from core.format.provenance import write_atomic
 
 FILENAME = "hierarchy.json"
 
@@ -45,7 +45,7 @@ class Level:
 @dataclass(frozen=True)
 class Hierarchy:
     levels: tuple[Level, ...]  # finest first
-    derived: tuple[str, ...] = ()  # names of derived levels registered for this dataset (core/derived.py)
+    derived: tuple[str, ...] = ()  # names of derived levels registered for this dataset (core/format/derived.py)
 
     def __post_init__(self) -> None:
         validate(self.levels)
