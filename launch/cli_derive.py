@@ -98,7 +98,7 @@ def embed(run_dir: Path, beton: Path, device: str) -> tuple[np.ndarray, np.ndarr
     """(index values, features) of every row of `beton` under the newest weights of the run in `run_dir`."""
     from core.methods.features import extract_beton, run_model
     from core.data.loader import beton_columns
-    from core.train.run import resolve_device
+    from core.device import resolve_device
 
     dev = resolve_device(device)
     model, cfg = run_model(run_dir, dev)  # any run: single- or multi-level, with or without a selection head

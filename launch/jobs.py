@@ -17,6 +17,7 @@ from pathlib import Path
 
 import submitit
 
+from core.format import run_folder
 from launch.plan import JobSpec
 
 
@@ -29,14 +30,14 @@ class RunJob(submitit.helpers.Checkpointable):
         from core.train.run_config import RunConfig
 
         run_dir = Path(spec.run_dir)
-        if train_run.is_done(run_dir):
-            return json.loads((run_dir / train_run.RESULT_FILE).read_text())
+        if run_folder.is_done(run_dir):
+            return json.loads((run_dir / run_folder.RESULT_FILE).read_text())
         # a folder with a started run is continued (requeue, or a rerun of the sweep after a crash)
         # (the sweep owns the folder: anything in it was written by an earlier start of this job)
         resume = resume or (run_dir.is_dir() and any(run_dir.iterdir()))
         _log_start(spec, resume)
         cfg = cfglib.parse(RunConfig, spec.config)
-        if spec.kind in ("transfer", "cluster") and not train_run.is_done(spec.source):
+        if spec.kind in ("transfer", "cluster") and not run_folder.is_done(spec.source):
             raise RuntimeError(f"{spec.name}: its pretraining run {spec.source} has not finished")
         if spec.kind == "cluster":  # k-means on the source's frozen features; nothing to resume
             from core.methods import cluster_run
@@ -57,9 +58,9 @@ class RunJob(submitit.helpers.Checkpointable):
 
 
 def _log_start(spec: JobSpec, resume: bool) -> None:
-    from core.train import checkpoint, run as train_run
+    from core.train import checkpoint
 
-    last = checkpoint.latest(Path(spec.run_dir) / train_run.CHECKPOINT_DIR)
+    last = checkpoint.latest(Path(spec.run_dir) / run_folder.CHECKPOINT_DIR)
     epoch = int(last.stem.removeprefix("epoch")) if last is not None and last.stem.startswith("epoch") else 0
     rec = {"time": time.time(), "host": socket.gethostname(), "job_id": os.environ.get("SLURM_JOB_ID", ""),
            "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", ""),

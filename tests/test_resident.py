@@ -19,6 +19,7 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.reader import Reader
 from ffcv.writer import DatasetWriter
 
+from core.train import run_config
 from core.train import checkpoint
 from core.format import config as cfglib
 from core.format import hierarchy as hlib
@@ -323,7 +324,7 @@ def test_memory_cap_is_refused_with_the_beton_and_size(tiny_dataset, tmp_path, c
         resident(tiny_dataset / "train.beton", max_bytes=1000)
     cfg = cfglib.load(RunConfig, None, [f"data.path={tiny_dataset}", "data.resident=true",
                                         "data.resident_max_gb=0.00001", *MLP])
-    with pytest.raises(train_run.RunConfigError, match="resident_max_gb"):
+    with pytest.raises(run_config.RunConfigError, match="resident_max_gb"):
         train_run.build_parts(cfg)
     assert cli(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), "--set", "data.resident=true",
                 "--set", "data.resident_max_gb=0"]) == 2

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.format import run_folder
+from core.train import run_config
 from core.train import checkpoint, run as train_run, transfer
 from core.format import config as cfglib
 from core.methods import features
@@ -145,7 +147,7 @@ def test_config_levels_and_refusals(tiny_dataset, tmp_path, capsys):
     with pytest.raises(cfglib.ConfigError, match="derived"):
         build_objective(c, dh, level)
     # a model with other heads than the objective's (a transfer left at semantic_softmax) is refused
-    with pytest.raises(train_run.RunConfigError, match="one head per level"):
+    with pytest.raises(run_config.RunConfigError, match="one head per level"):
         train_run.build_parts(cfg, model=build_model("bmlp", h.num_leaves, 16, depth=2, width=128))
     # the CLI passes it like any other setting
     assert cli(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "x"), "--print-config",
@@ -182,7 +184,7 @@ def multi_run(learnable, tmp_path_factory) -> Path:
 
 def test_multi_level_run_learns_every_level(multi_run, learnable):
     h = hlib.load(learnable)
-    result = json.loads((multi_run / train_run.RESULT_FILE).read_text())
+    result = json.loads((multi_run / run_folder.RESULT_FILE).read_text())
     assert result["level"] == h.names[0]
     for lv in (h.names[0], h.names[-1]):  # finest and coarsest, the latter from summed fine probabilities
         chance = 1 / h.level(lv).num_classes

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from core.format import run_folder
 from core.format import config as cfglib
-from core.format import config as cfglib
-from core.train import run as train_run
 from launch import executors, plan as planlib, report, status, sweep, sweep_config
 from launch.cli import main as cli
 
@@ -66,7 +65,7 @@ def test_local_run_finishes_everything_in_dependency_order(finished):
     _, plan, records, root = finished
     assert len(records) == 1 and records[0]["executor"] == "local"
     assert set(records[0]["states"].values()) == {"done"}
-    assert all(train_run.is_done(j.run_dir) for j in plan.jobs)
+    assert all(run_folder.is_done(j.run_dir) for j in plan.jobs)
     # afterok: every transfer started after its pretraining run had finished
     from launch.jobs import read_starts
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core.train import run as train_run
+from core.format import run_folder
 from launch import executors, report, status, sweep
 from launch.jobs import read_starts
 from tests.slurm_cluster import job_field, slurm_cluster, wait_for  # noqa: F401
@@ -58,7 +58,7 @@ def test_sweep_on_slurm_arrays_afterok_rerun(slurm_cluster, tmp_path):  # noqa: 
         subprocess.run(["scancel", *all_ids], capture_output=True)
 
     # afterok: no transfer started before the last stage-1 run had finished
-    stage1_end = max(Path(j.run_dir, train_run.RESULT_FILE).stat().st_mtime for j in plan.stage(1))
+    stage1_end = max(Path(j.run_dir, run_folder.RESULT_FILE).stat().st_mtime for j in plan.stage(1))
     transfer_starts = [read_starts(j)[0]["time"] for j in plan.stage(2)]  # transfers and clusterings
     assert min(transfer_starts) >= stage1_end - 1.0
     assert all(read_starts(j)[0]["array_job_id"] == s2["array_id"] for j in plan.stage(2))
@@ -125,9 +125,9 @@ def test_interrupted_sweep_job_is_requeued_and_resumes(slurm_cluster, tmp_path, 
     assert starts[1]["array_job_id"] == records[0]["array_id"]
     # every epoch logged once (the epoch in flight at the signal is redone, its partial record dropped)
     assert _epochs_logged(run_dir) == list(range(1, epochs + 1))
-    assert json.loads((run_dir / train_run.RESULT_FILE).read_text())["epochs"] == epochs
+    assert json.loads((run_dir / run_folder.RESULT_FILE).read_text())["epochs"] == epochs
     # the requeued job kept its transfer waiting: afterok held until the resumed run succeeded
     transfer = next(j for j in plan.stage(2) if j.kind == "transfer" and j.source == spec.run_dir)
-    assert read_starts(transfer)[0]["time"] >= (run_dir / train_run.RESULT_FILE).stat().st_mtime - 1.0
+    assert read_starts(transfer)[0]["time"] >= (run_dir / run_folder.RESULT_FILE).stat().st_mtime - 1.0
     log = "".join(p.read_text(errors="replace") for p in (out / "submitit").glob(f"{job_id}*/*_log.err"))
     assert ("this job is timed-out" if timeout else "this job is preempted") in log, log[-3000:]

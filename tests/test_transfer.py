@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.format import run_folder
 from core.train import checkpoint
 from core.format import config as cfglib
 from core.format import hierarchy as hlib
@@ -57,7 +58,7 @@ def test_linear_probe_trains_only_the_head(source, tmp_path):
     assert rec["source_checkpoint"] == checkpoint.latest(source / "checkpoints").name
     assert (rec["source_level"], rec["target_level"]) == ("subclass", "superclass")
     # outputs as for any run
-    assert (out / "config.yaml").is_file() and (out / "metrics.jsonl").is_file() and train_run.is_done(out)
+    assert (out / "config.yaml").is_file() and (out / "metrics.jsonl").is_file() and run_folder.is_done(out)
 
 
 def test_linear_mode_builds_optimizer_over_the_head_only(source):

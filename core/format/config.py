@@ -82,6 +82,25 @@ def replace(cfg: T, **changes: Any) -> T:
     return parse(type(cfg), data)
 
 
+def with_values(cfg: T, values: dict[str, Any]) -> T:
+    """`cfg` with typed values at dotted keys ({'data.path': path, 'train.seed': 1}), checked like parsing.
+
+    The way code changes a config: values are never turned into 'key=value' text and parsed back (a level named
+    'on' would become True, a path with ' #' would be cut at the '#')."""
+    data = to_dict(cfg)
+    for dotted, value in values.items():
+        parts = dotted.split(".")
+        if not dotted or any(not part for part in parts):
+            raise ConfigError(f"bad key {dotted!r}")
+        new: dict = _DottedPath()
+        node = new
+        for part in parts[:-1]:
+            node = node.setdefault(part, _DottedPath())
+        node[parts[-1]] = to_dict(value)
+        data = _merge(data, new, "", type(cfg))
+    return parse(type(cfg), data)
+
+
 # merging
 def _override_to_dict(item: str) -> dict:
     if "=" not in item:

@@ -19,7 +19,9 @@ from core.methods import clustering
 from core.format import config as cfglib, hierarchy as hlib, provenance
 from core.methods.features import extract_beton, run_model
 from core.train.run_config import RunConfig
-from core.train.run import CHECKPOINT_DIR, RESULT_FILE, RunConfigError, resolve_device
+from core.format.run_folder import CHECKPOINT_DIR, RESULT_FILE
+from core.train.run_config import RunConfigError
+from core.device import resolve_device
 
 CLUSTERING_FILE = "clustering.json"
 

@@ -67,7 +67,7 @@ def extract_beton(model: torch.nn.Module, cfg, beton: str | Path, levels: list[s
     `run_model` returns it)."""
     from core.data.augment import GpuAugment
     from core.data.loader import build_loader
-    from core.train.run import resolve_precision
+    from core.device import resolve_precision
 
     precision = resolve_precision(cfg.train.precision, device)
     loader = build_loader(beton, split="val", batch_size=cfg.data.val_batch_size, num_workers=cfg.data.workers,
@@ -93,7 +93,9 @@ def run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[
     from core.format import config as cfglib
     from core.train.semantic_softmax import build_run_model
     from core.train.run_config import RunConfig
-    from core.train.run import CHECKPOINT_DIR, RunConfigError, check_data
+    from core.train.run import check_data
+    from core.format.run_folder import CHECKPOINT_DIR
+    from core.train.run_config import RunConfigError
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

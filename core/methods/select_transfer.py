@@ -36,7 +36,9 @@ from core.train.run_config import RunConfig
 from core.data.paired import PairedAugment, PairedLoader, selected_augment
 from core.models.two_head import SelectedObjective, TwoHeadModel
 from core.methods.selection import COST_SCALE, REG, REG_M_SOURCE, REG_M_TARGET, select_classes
-from core.train.run import Parts, RunConfigError, build_parts, build_run_loader, check_data, resolve_device
+from core.train.run import Parts, build_parts, build_run_loader, check_data
+from core.train.run_config import RunConfigError
+from core.device import resolve_device
 
 SELECTION_FILE = "selection.json"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,23 +9,11 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from core.device import Precision
 from core.format.hierarchy import Hierarchy
 from core.data.loader import BetonLoader, GpuBatches
 from core.train.metrics import LevelAccuracy
 from core.train.objective import Objective
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Autocast settings of a run: bf16/fp16 autocast on CUDA, none (fp32) on CPU unless asked."""
-
-    device_type: str
-    dtype: torch.dtype | None  # None = no autocast
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
 
 
 @dataclass

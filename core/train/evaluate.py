@@ -9,7 +9,9 @@ from core.train import checkpoint
 from core.format import config as cfglib, provenance
 from core.train.engine import evaluate
 from core.train.run_config import RunConfig
-from core.train.run import CHECKPOINT_DIR, RunConfigError, build_parts
+from core.train.run import build_parts
+from core.format.run_folder import CHECKPOINT_DIR
+from core.train.run_config import RunConfigError
 
 
 def evaluate_run(run_dir: Path, data: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:

@@ -21,37 +21,18 @@ from core.format import config as cfglib, provenance
 from core.format import derived as derived_lib
 from core.format import hierarchy as hlib
 from core.data.augment import GpuAugment
-from core.train.engine import Precision, evaluate, train_epoch
+from core.train.engine import evaluate, train_epoch
+from core.device import Precision, resolve_device, resolve_precision
+from core.format.run_folder import CHECKPOINT_DIR, RESULT_FILE
 from core.data.loader import BetonLoader, GpuBatches, beton_columns, build_loader
 from core.models.build import to_channels_last
-from core.train.optim import build_optimizer
+from core.train.optim import build_loss, build_optimizer
 from core.data.resident import ResidentLoader, ResidentMemoryError, build_resident_loader
-from core.train.run_config import RunConfig
+from core.train.run_config import RunConfig, RunConfigError
 from core.train.objective import Objective
 from core.train.run_log import RunLog
-from core.train.schedule import LRSchedule, build_loss
-from core.format.run_folder import CHECKPOINT_DIR, RESULT_FILE, is_done  # noqa: F401  (re-exported)
+from core.train.schedule import LRSchedule
 from core.train.semantic_softmax import SemanticSoftmax, build_objective, build_run_model
-
-
-class RunConfigError(cfglib.ConfigError):
-    """A run that cannot start as configured (unknown level, missing data, changed config on resume)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RunConfigError(f"train.device={name!r} but no CUDA device is available")
-    return dev
-
-
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    if name == "auto":
-        name = "bf16" if device.type == "cuda" else "fp32"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
-    return Precision(device.type, dtype)
 
 
 def resolution_at(epoch: int, end_res: int, progressive: tuple[int, int, int]) -> int:

@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from core.format.config import ConfigError
+
+
+class RunConfigError(ConfigError):
+    """A run that cannot start as configured (unknown level, missing data, changed config on resume)."""
+
 
 @dataclass(frozen=True)
 class DataConfig:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from core.train.optim import build_loss  # noqa: F401  (defined with the optimizer; importable here too, as briefed)
 
 KINDS = ("cosine", "linear", "constant")
 

@@ -26,7 +26,9 @@ from core.train import checkpoint
 from core.format import config as cfglib, provenance
 from core.train.semantic_softmax import build_run_model, with_new_head
 from core.train.run_config import RunConfig
-from core.train.run import CHECKPOINT_DIR, Parts, RunConfigError, build_parts, check_data, run
+from core.train.run import Parts, build_parts, check_data, run
+from core.format.run_folder import CHECKPOINT_DIR
+from core.train.run_config import RunConfigError
 
 MODES = ("full", "linear")
 TRANSFER_FILE = "transfer.json"
