@@ -32,12 +32,11 @@ import numpy as np
 
 from core.format import derived as dlib
 from core.format import hierarchy as hlib
+from core.format import kmeans as kmeans_lib
 from core.format.provenance import write_atomic
 
 SPLITS = ("train", "val")
 PIXEL_SIZE = 8  # side in pixels of the downscaled images used as 'pixels' features (8 x 8 x 3 = 192 values)
-MINIBATCH_ABOVE = 50_000  # samples above which MiniBatchKMeans replaces KMeans (memory and time)
-KMEANS_N_INIT = 4  # k-means++ restarts; the best inertia wins (deterministic for a given seed)
 
 # split -> (index values, (N, D) features); or a callable that computes them for a split, called only when
 # the derivation is not already on disk
@@ -114,6 +113,10 @@ def kmeans(data_dir: str | os.PathLike, k: int, *, within: str | None = None, fe
     done = _existing(data_dir, h, name, "kmeans", params)
     if done is not None:
         return done
+    n_train = len(read_int_columns(data_dir / "train.beton", ["index"])["index"])
+    if not within and k > n_train:  # refused before any feature is computed
+        raise dlib.DerivedError(f"{data_dir}: k={k} clusters but only {n_train} training samples; "
+                                f"choose k <= {n_train}")
     if features is None:
         features = lambda split: pixel_features(data_dir / f"{split}.beton")  # noqa: E731
 
@@ -132,7 +135,9 @@ def kmeans(data_dir: str | os.PathLike, k: int, *, within: str | None = None, fe
         train_rows = np.flatnonzero(rows["train"][1] == g)
         if train_rows.size == 0:
             continue
-        model = _fit(rows["train"][2][train_rows], min(k, train_rows.size), seed)
+        # within a class of fewer than k training samples: one cluster per sample (README, Derived hierarchies)
+        model = kmeans_lib.fit(rows["train"][2][train_rows], min(k, train_rows.size), seed,
+                               what=f"class {g} of {within}" if within else "the training set")
         found = np.unique(model.labels_)  # compact: clusters that hold a training sample, in id order
         remap = np.full(model.n_clusters, -1, dtype=np.int64)
         remap[found] = np.arange(found.size) + len(classes)
@@ -193,16 +198,6 @@ def per_sample(data_dir: str | os.PathLike, *, name: str = "per_sample") -> Deri
 
 
 # helpers
-def _fit(x: np.ndarray, k: int, seed: int):
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-
-    if len(x) > MINIBATCH_ABOVE:
-        model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=KMEANS_N_INIT, batch_size=4096)
-    else:
-        model = KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_N_INIT)
-    return model.fit(x)
-
-
 def _tag(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", s).strip("-") or "features"
 

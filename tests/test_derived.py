@@ -138,6 +138,13 @@ def test_rerun_is_a_no_op_and_clashes_are_refused(ds):
     assert hlib.load(ds).derived[:4] == tuple(DERIVED)
 
 
+def test_kmeans_with_more_clusters_than_samples_is_refused(ds):
+    n = len(columns(ds, "train", ["index"])["index"])
+    with pytest.raises(dlib.DerivedError, match=f"k={n + 1} clusters but only {n} training samples"):
+        derive.kmeans(ds, n + 1)
+    assert f"kmeans{n + 1}_pixels" not in hlib.load(ds).derived
+
+
 def test_hierarchy_files_without_derived_still_load(tiny_dataset, ds):
     old = json.loads((tiny_dataset / "hierarchy.json").read_text())
     assert "derived" not in old and hlib.Hierarchy.from_dict(old).derived == ()

@@ -17,11 +17,10 @@ from collections.abc import Mapping
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-N_INIT = 3  # k-means++ restarts; the lowest-inertia one is kept
-MINIBATCH_ABOVE = 50_000  # samples above which MiniBatchKMeans replaces KMeans (as `grainsweep derive kmeans`)
+from core.format import kmeans as kmeans_lib
+from core.format.kmeans import MINIBATCH_ABOVE, N_INIT  # the defaults of cluster_metrics below
 
 
 def contingency(labels: np.ndarray, clusters: np.ndarray) -> np.ndarray:
@@ -58,16 +57,9 @@ def l2_normalise(features: np.ndarray) -> np.ndarray:
 
 def kmeans(features: np.ndarray, k: int, seed: int, n_init: int = N_INIT,
            minibatch_above: int = MINIBATCH_ABOVE) -> np.ndarray:
-    """int64 (N,) cluster of each row: k-means++ with `n_init` restarts, fixed `seed`; MiniBatchKMeans (batch
-    4096) when there are more than `minibatch_above` rows."""
-    n = len(features)
-    if not 1 <= k <= n:
-        raise ValueError(f"k-means with {k} clusters needs 1 <= k <= the number of samples ({n})")
-    if n > minibatch_above:
-        km = MiniBatchKMeans(n_clusters=k, n_init=n_init, random_state=seed, batch_size=4096)
-    else:
-        km = KMeans(n_clusters=k, n_init=n_init, random_state=seed)
-    return km.fit_predict(features).astype(np.int64)
+    """int64 (N,) cluster of each row (core.format.kmeans.fit: k-means++, `n_init` restarts, fixed `seed`)."""
+    model = kmeans_lib.fit(features, k, seed, n_init, minibatch_above, what=f"{len(features)} feature rows")
+    return model.labels_.astype(np.int64)
 
 
 def scores(labels: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
