@@ -98,7 +98,7 @@ def first_step(data: Path, workers: int, device: str, t_start: float) -> dict[st
     from benchmarks.train_step import run_config
     from core.train.engine import train_epoch
     from core.data.loader import GpuBatches
-    from core.train.run import build_parts
+    from core.train.parts import build_parts
 
     t_imported = time.perf_counter()
     p = build_parts(run_config(data, model="bmlp", res=RES, batch_size=BATCH, workers=workers, device=device,

@@ -85,7 +85,7 @@ def measure_train_step(data: str | Path, *, model: str, res: int, batch_size: in
     instead of ffcv's."""
     from core.train.engine import train_epoch
     from core.data.loader import GpuBatches
-    from core.train.run import build_parts
+    from core.train.parts import build_parts
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1 (one more per side is run first as warm-up), got {epochs}")

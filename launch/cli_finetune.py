@@ -42,7 +42,11 @@ def run_finetune(args: argparse.Namespace) -> int:
     from core.methods import select_transfer
     from core.train import transfer
 
-    cfg = transfer.transfer_config(args.source, args.data, args.level, args.overrides)
+    from core.train.run_config import RunConfig
+
+    cfg = transfer.transfer_config(args.source, args.data, args.level)
+    if args.overrides:  # user text becomes config here only; core takes the typed result
+        cfg = cfglib.load(RunConfig, None, args.overrides, base=cfglib.to_dict(cfg))
     if args.print_config:
         print(cfglib.to_yaml(cfg), end="")
         return 0

@@ -33,14 +33,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load_run_config(args: argparse.Namespace):
+    """defaults -> --config -> --set -> --data/--level/--model; the flags' values are set typed, never parsed as
+    YAML (a level named 'on' stays a string, a path with ' #' stays whole)."""
     from core.train.run_config import RunConfig
 
-    sets = list(args.overrides)
-    for flag, key in (("data", "data.path"), ("level", "data.level"), ("model", "model.name")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            sets.append(f"{key}={value}")
-    return cfglib.load(RunConfig, args.config, sets)
+    cfg = cfglib.load(RunConfig, args.config, args.overrides)
+    flags = {key: getattr(args, flag, None) for flag, key in (("data", "data.path"), ("level", "data.level"),
+                                                               ("model", "model.name"))}
+    return cfglib.with_values(cfg, {k: v for k, v in flags.items() if v is not None})
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -56,8 +56,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from core.format.run_folder import RunFolder
     from core.train import evaluate as evaluate_run
+    from core.train.run_config import RunConfig
 
-    result = evaluate_run.evaluate_run(Path(args.run_dir), data=args.data, overrides=args.overrides)
+    # --set changes the run's saved settings; parsed here, the one place user text becomes config
+    cfg = cfglib.load(RunConfig, RunFolder(args.run_dir).require_config(), args.overrides) if args.overrides else None
+    result = evaluate_run.evaluate_run(Path(args.run_dir), data=args.data, cfg=cfg)
     print(json.dumps(result, indent=1))
     return 0

@@ -8,7 +8,8 @@ from torch import nn
 
 from core.models.build import build_model
 from core.train.optim import build_loss, build_optimizer, lr_tensors
-from core.train.schedule import KINDS, LRSchedule, lr_at
+from core.train.run_config import OPTIMIZERS, SCHEDULES
+from core.train.schedule import LRSchedule, lr_at
 
 
 def tiny():
@@ -24,7 +25,7 @@ def one_step(model, opt, seed=1):
     opt.step()
 
 
-@pytest.mark.parametrize("name", ["sgd", "adamw"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_decay_only_on_matrices(name):
     model = tiny()
     opt = build_optimizer(model, name, lr=0.1, weight_decay=0.05)
@@ -36,7 +37,7 @@ def test_decay_only_on_matrices(name):
     assert any(p.ndim < 2 for p in params) and any(p.ndim >= 2 for p in params)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adamw"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_tensor_lr_matches_float_lr(name):
     # a tensor lr must give exactly the update a float lr gives, also after changing it in place
     a, b = tiny(), tiny()
@@ -70,7 +71,7 @@ def test_schedule_apply_changes_tensor_in_place():
     assert lr_tensors(opt)[0] is t
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SCHEDULES)
 @pytest.mark.parametrize("warmup,total,frac", [(0, 10, 0.0), (4, 20, 0.0), (5, 17, 0.25), (6, 6, 0.1)])
 def test_schedule_shape(kind, warmup, total, frac):
     base = 0.8

@@ -23,7 +23,7 @@ from core.train import run_config
 from core.train import checkpoint
 from core.format import config as cfglib
 from core.format import hierarchy as hlib
-from core.train import run as train_run
+from core.train import parts, run as train_run
 from core.data.beton_images import read_images
 from core.data.loader import VAL_CROP_RATIO, BetonError, build_loader, column_values
 from core.data.resident import (ResidentMemoryError, build_resident_loader, center_crop_boxes, crop_boxes, crop_resize,
@@ -325,7 +325,7 @@ def test_memory_cap_is_refused_with_the_beton_and_size(tiny_dataset, tmp_path, c
     cfg = cfglib.load(RunConfig, None, [f"data.path={tiny_dataset}", "data.resident=true",
                                         "data.resident_max_gb=0.00001", *MLP])
     with pytest.raises(run_config.RunConfigError, match="resident_max_gb"):
-        train_run.build_parts(cfg)
+        parts.build_parts(cfg)
     assert cli(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), "--set", "data.resident=true",
                 "--set", "data.resident_max_gb=0"]) == 2
     assert "resident_max_gb" in capsys.readouterr().err

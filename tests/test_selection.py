@@ -17,6 +17,7 @@ from core.train import checkpoint
 from core.format import config as cfglib
 from core.format import hierarchy as hlib
 from core.methods import select_transfer
+from core.format.run_folder import RunFolder
 from core.train import run as train_run, transfer
 from core.data.loader import BetonError, build_loader, column_values
 from core.models.build import build_model
@@ -132,7 +133,7 @@ def test_finetune_with_selected_pretraining_data(source, tiny_dataset, tmp_path,
     assert len(set(rec["classes"])) == 2 and rec["mass"] == sorted(rec["mass"], reverse=True)
     assert rec["names"] == [h.level(fine).titles[c] for c in rec["classes"]]
     assert rec["ids"] == [h.level(fine).classes[c] for c in rec["classes"]]
-    assert json.loads((out / transfer.TRANSFER_FILE).read_text())["source"] == str(source.resolve())
+    assert json.loads(RunFolder(out).transfer_file.read_text())["source"] == str(source.resolve())
 
     # the selected rows are exactly the beton rows of those classes: against a full sequential pass over labels
     beton = tiny_dataset / "train.beton"

@@ -15,7 +15,7 @@ import torch
 
 from core.format import run_folder
 from core.train import run_config
-from core.train import checkpoint, run as train_run, transfer
+from core.train import checkpoint, parts, run as train_run, transfer
 from core.format import config as cfglib
 from core.methods import features
 from core.format import hierarchy as hlib
@@ -143,12 +143,12 @@ def test_config_levels_and_refusals(tiny_dataset, tmp_path, capsys):
     shutil.copytree(tiny_dataset, data)
     d = derive.random_groups(data, 3)
     c = _cfg(data, "train.objective=semantic_softmax", f"data.level={d.name}")
-    dh, level = train_run.check_data(c)
+    dh, level = parts.check_data(c)
     with pytest.raises(cfglib.ConfigError, match="derived"):
         build_objective(c, dh, level)
     # a model with other heads than the objective's (a transfer left at semantic_softmax) is refused
     with pytest.raises(run_config.RunConfigError, match="one head per level"):
-        train_run.build_parts(cfg, model=build_model("bmlp", h.num_leaves, 16, depth=2, width=128))
+        parts.build_parts(cfg, model=build_model("bmlp", h.num_leaves, 16, depth=2, width=128))
     # the CLI passes it like any other setting
     assert cli(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "x"), "--print-config",
                 "--set", "train.objective=semantic_softmax"]) == 0
@@ -203,7 +203,7 @@ def test_transfer_and_features_from_multi_level_run(multi_run, learnable, tmp_pa
     target = h.names[-1]
     before = torch.load(checkpoint.latest(multi_run / "checkpoints"), weights_only=True)["model"]
     # linear probe: only the new head trains; the backbone stays the source's
-    cfg = transfer.transfer_config(multi_run, None, target, ["train.epochs=2"])
+    cfg = transfer.transfer_config(multi_run, None, target, {"train.epochs": 2})
     assert cfg.train.objective == "single" and cfg.train.objective_levels == ()
     probe = transfer.finetune(multi_run, cfg, tmp_path / "probe", mode="linear")
     chance = 1 / h.level(target).num_classes
@@ -215,7 +215,7 @@ def test_transfer_and_features_from_multi_level_run(multi_run, learnable, tmp_pa
         if k.startswith("backbone.") and not k.startswith("backbone.head"):
             torch.testing.assert_close(after[k.removeprefix("backbone.")], v, rtol=0, atol=0, msg=k)
     # full fine-tuning moves the backbone
-    full = transfer.finetune(multi_run, transfer.transfer_config(multi_run, None, target, ["train.epochs=1"]),
+    full = transfer.finetune(multi_run, transfer.transfer_config(multi_run, None, target, {"train.epochs": 1}),
                              tmp_path / "full", mode="full")
     moved = torch.load(checkpoint.latest(tmp_path / "full" / "checkpoints"), weights_only=True)["model"]
     assert f"acc1/{target}" in full and not torch.equal(moved["embed.weight"], before["backbone.embed.weight"])

@@ -17,7 +17,7 @@ from core.train import checkpoint
 from core.format import config as cfglib
 from core.format import hierarchy as hlib
 from core.train.run_config import RunConfig
-from core.train import run as train_run
+from core.train import parts, run as train_run
 from launch.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,7 +126,7 @@ def test_progressive_resizing_ramps_resolution(tiny_dataset, tmp_path):
                   "model.compile=always", model=CNN)
     train_run.run(cfg, run_dir)
     res = [json.loads(x)["resolution"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert res == [train_run.resolution_at(e, 16, (8, 0, 2)) for e in range(3)]
+    assert res == [parts.resolution_at(e, 16, (8, 0, 2)) for e in range(3)]
     assert res[0] == 8 and res[-1] == 16 and res == sorted(res)
     with pytest.raises(cfglib.ConfigError, match="progressive"):
-        train_run.build_parts(run_cfg(tiny_dataset, "train.progressive=[8, 0, 2]"))
+        parts.build_parts(run_cfg(tiny_dataset, "train.progressive=[8, 0, 2]"))

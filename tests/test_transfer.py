@@ -43,7 +43,7 @@ def _state(path: Path) -> dict:
 
 def test_linear_probe_trains_only_the_head(source, tmp_path):
     out = tmp_path / "probe"
-    cfg = transfer.transfer_config(source, None, "superclass", ["train.epochs=2"])
+    cfg = transfer.transfer_config(source, None, "superclass", {"train.epochs": 2})
     result = transfer.finetune(source, cfg, out, mode="linear")
     h = hlib.load(cfg.data.path)
     assert result["level"] == "superclass" and "acc1/superclass" in result and "acc1_hard/superclass" in result
@@ -53,12 +53,12 @@ def test_linear_probe_trains_only_the_head(source, tmp_path):
     for k, v in before.items():
         if not k.startswith("head."):
             torch.testing.assert_close(after[k], v, rtol=0, atol=0, msg=k)
-    rec = json.loads((out / transfer.TRANSFER_FILE).read_text())
+    rec = json.loads(run_folder.RunFolder(out).transfer_file.read_text())
     assert rec["source"] == str(source.resolve()) and rec["mode"] == "linear"
     assert rec["source_checkpoint"] == checkpoint.latest(source / "checkpoints").name
     assert (rec["source_level"], rec["target_level"]) == ("subclass", "superclass")
     # outputs as for any run
-    assert (out / "config.yaml").is_file() and (out / "metrics.jsonl").is_file() and run_folder.is_done(out)
+    assert (out / "config.yaml").is_file() and (out / "metrics.jsonl").is_file() and run_folder.RunFolder(out).is_done()
 
 
 def test_linear_mode_builds_optimizer_over_the_head_only(source):
@@ -76,7 +76,7 @@ def test_linear_mode_builds_optimizer_over_the_head_only(source):
 def test_linear_probe_keeps_batchnorm_statistics(tiny_dataset, tmp_path):
     src = pretrain(tiny_dataset, tmp_path / "cnn", "train.epochs=1",
                    model=("model.name=resnet10t", "optim.name=sgd", "optim.lr=0.05"))
-    cfg = transfer.transfer_config(src, None, "superclass", ["train.epochs=1"])
+    cfg = transfer.transfer_config(src, None, "superclass", {"train.epochs": 1})
     transfer.finetune(src, cfg, tmp_path / "probe", mode="linear")
     before = _state(checkpoint.latest(src / "checkpoints"))
     after = _state(checkpoint.latest(tmp_path / "probe" / "checkpoints"))
@@ -88,7 +88,7 @@ def test_linear_probe_keeps_batchnorm_statistics(tiny_dataset, tmp_path):
 
 def test_full_finetune_moves_the_backbone_and_resumes_exactly(source, tmp_path):
     out = tmp_path / "full"
-    cfg = transfer.transfer_config(source, None, "class", ["train.epochs=3", "train.keep_checkpoints=3"])
+    cfg = transfer.transfer_config(source, None, "class", {"train.epochs": 3, "train.keep_checkpoints": 3})
     whole = transfer.finetune(source, cfg, out, mode="full")
     before = _state(checkpoint.latest(source / "checkpoints"))
     after = _state(checkpoint.latest(out / "checkpoints"))
@@ -115,7 +115,7 @@ def test_pretrained_linear_probe_beats_chance(tmp_path):
         "synthetic.distractor_prob=0.0", "workers=1"])
     convert_synthetic.convert(data, conv)
     src = pretrain(data, tmp_path / "src", "train.epochs=10", "data.batch_size=32", "data.scale=[0.6, 1.0]")
-    cfg = transfer.transfer_config(src, None, "superclass", ["train.epochs=4"])
+    cfg = transfer.transfer_config(src, None, "superclass", {"train.epochs": 4})
     result = transfer.finetune(src, cfg, tmp_path / "probe", mode="linear")
     chance = 1 / hlib.load(data).level("superclass").num_classes
     assert result["acc1/superclass"] > chance + 0.5 * (1 - chance), result

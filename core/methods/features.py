@@ -87,25 +87,26 @@ def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> t
     return means.astype(np.float32), counts
 
 
-def run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, "object"]:
-    """(model with the run's newest weights, in eval mode on `device`; the run's RunConfig)."""
-    from core.train import checkpoint
+def loaded_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, "object", Path]:
+    """(model with the run's newest readable weights, in eval mode on `device`; the run's RunConfig; the checkpoint
+    loaded). A damaged newest checkpoint is skipped with a warning (core.train.checkpoint.load_newest)."""
     from core.format import config as cfglib
-    from core.train.semantic_softmax import build_run_model
+    from core.format.run_folder import RunFolder
+    from core.train import checkpoint
+    from core.train.parts import check_data
     from core.train.run_config import RunConfig
-    from core.train.run import check_data
-    from core.format.run_folder import CHECKPOINT_DIR
-    from core.train.run_config import RunConfigError
+    from core.train.semantic_softmax import build_run_model
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise RunConfigError(f"{run_dir}: no config.yaml; is this a run folder written by 'grainsweep train'?")
-    cfg = cfglib.load(RunConfig, run_dir / "config.yaml")
+    folder = RunFolder(run_dir)
+    cfg = cfglib.load(RunConfig, folder.require_config())
     h, level = check_data(cfg)
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    last = checkpoint.latest(ckpt_dir) if ckpt_dir.is_dir() else None
-    if last is None:
-        raise RunConfigError(f"{run_dir}: no checkpoint under {ckpt_dir}")
     model = build_run_model(cfg, h, level)
-    checkpoint.load(last, model=model, restore_rng=False, ignore=checkpoint.AUXILIARY_HEADS)
-    return model.to(device).eval(), cfg
+    last, _ = checkpoint.load_newest(folder.checkpoint_dir, model=model, restore_rng=False,
+                                     ignore=checkpoint.AUXILIARY_HEADS, what=str(folder.path))
+    return model.to(device).eval(), cfg, last
+
+
+def run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, "object"]:
+    """(model with the run's newest readable weights, in eval mode on `device`; the run's RunConfig)."""
+    model, cfg, _ = loaded_run(run_dir, device)
+    return model, cfg

@@ -28,17 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.format import config as cfglib, provenance
-from core.train import transfer
-from core.methods.features import Features, class_means, extract_beton, run_model
 from core.data.loader import column_values, rows_with_labels
-from core.train.run_config import RunConfig
 from core.data.paired import PairedAugment, PairedLoader, selected_augment
-from core.models.two_head import SelectedObjective, TwoHeadModel
-from core.methods.selection import COST_SCALE, REG, REG_M_SOURCE, REG_M_TARGET, select_classes
-from core.train.run import Parts, build_parts, build_run_loader, check_data
-from core.train.run_config import RunConfigError
 from core.device import resolve_device
+from core.format import config as cfglib, provenance
+from core.format.run_folder import RunFolder
+from core.methods.features import Features, class_means, extract_beton, loaded_run
+from core.methods.selection import COST_SCALE, REG, REG_M_SOURCE, REG_M_TARGET, select_classes
+from core.models.two_head import SelectedObjective, TwoHeadModel
+from core.train import transfer
+from core.train.parts import Parts, build_parts, build_run_loader, check_data
+from core.train.run_config import RunConfig, RunConfigError
 
 SELECTION_FILE = "selection.json"
 
@@ -88,7 +88,7 @@ def compute_selection(source: str | Path, cfg: RunConfig, select: SelectConfig) 
 
     # features: one sequential pass per beton over centre crops, at the resolution the source evaluates at, with
     # the transfer's precision, workers and batch size
-    model, _ = run_model(source, device)
+    model, _, loaded = loaded_run(source, device)
     cap = select.feature_images_per_class
     resolution = src_cfg.data.val_resolution or src_cfg.data.resolution
 
@@ -116,7 +116,7 @@ def compute_selection(source: str | Path, cfg: RunConfig, select: SelectConfig) 
                          reg=select.reg, reg_m=(select.reg_m_source, select.reg_m_target))
     lv = src_h.level(src_level)
     per_class = np.bincount(np.clip(column_values(src_beton, src_level), -1, None) + 1, minlength=n_src + 1)[1:]
-    return {"source": str(source), "source_checkpoint": transfer.source_checkpoint(source).name,
+    return {"source": str(source), "source_checkpoint": loaded.name,
             "source_beton": str(src_beton), "source_level": src_level, "source_classes": n_src,
             "target_beton": str(tgt_beton), "target_level": level, "k": select.k, "lambda": select.lam,
             "config": asdict(select), "classes": sel.classes.tolist(),
@@ -137,7 +137,7 @@ def selected_rows(record: dict) -> np.ndarray:
 
 
 def selected_parts(cfg: RunConfig, model: nn.Module, record: dict, select: SelectConfig) -> Parts:
-    """The run's parts (core.train.run.build_parts) with a second head, its objective and paired batches."""
+    """The run's parts (core.train.parts.build_parts) with a second head, its objective and paired batches."""
     h, level = check_data(cfg)
     k = len(record["classes"])
     n_selected = select.batch_size or cfg.data.batch_size
@@ -163,7 +163,8 @@ def selected_parts(cfg: RunConfig, model: nn.Module, record: dict, select: Selec
 def finetune_selected(source: str | Path, cfg: RunConfig, out: str | Path, select: SelectConfig,
                       mode: transfer.Mode = "full", resume: bool = False) -> dict:
     """core.train.transfer.finetune plus the selected pretraining data of `select` (none when select.k == 0)."""
-    source, out = Path(source).resolve(), Path(out)
+    source, folder = Path(source).resolve(), RunFolder(out)
+    out = folder.path
     marker = out / SELECTION_FILE
     if select.k == 0:
         if marker.is_file():
@@ -173,14 +174,13 @@ def finetune_selected(source: str | Path, cfg: RunConfig, out: str | Path, selec
     if mode != "full":
         raise RunConfigError("--select-k needs --mode full: with a frozen backbone the selected data's head cannot "
                              "change the target head")
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise RunConfigError(f"{out} already holds a run; pass --resume to continue it, or use a new --out")
+    folder.refuse_unless_resume(resume)
     if marker.is_file():
         record = json.loads(marker.read_text())
         if (record.get("source"), record.get("config")) != (str(source), asdict(select)):
             raise RunConfigError(f"{out} was started from {record.get('source')} with selection settings "
                                  f"{record.get('config')}; resume it with the same --from and --select-* options")
-    elif (out / transfer.TRANSFER_FILE).is_file():
+    elif folder.transfer_file.is_file():
         raise RunConfigError(f"{out} was started without --select-k; resume it without, or use a new --out")
     else:
         record = compute_selection(source, cfg, select)

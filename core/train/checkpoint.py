@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 import random
-import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from core.format.run_folder import RunFolderError, numbered_checkpoints
+
 FORMAT = 1  # bump when the layout below changes
-_NAME = re.compile(r"^(?!\.).*?(\d+)\.pt$")  # any "<name><number>.pt"; dot files are temporaries
 
 
 AUXILIARY_HEADS = ("selected_head.",)  # training-only heads (core/models/two_head.py): not part of the network a
@@ -30,15 +31,9 @@ def path_for(run_dir: str | os.PathLike, step: int) -> Path:
 
 
 def latest(run_dir: str | os.PathLike) -> Path | None:
-    """The `*<number>.pt` file with the highest number in `run_dir` (e.g. ckpt_000000300.pt, epoch0012.pt).
-
-    By the number in the name, not by mtime: clocks differ across nodes. Keep one naming scheme per folder.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
-    return max(found)[1] if found else None
+    """The `*<number>.pt` file with the highest number in `run_dir` (core.format.run_folder.numbered_checkpoints)."""
+    found = numbered_checkpoints(run_dir)
+    return found[0] if found else None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -92,8 +87,39 @@ def load(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Op
     plain Python values and tensors; pass False only for trusted files whose extra holds other objects.
     """
     state = torch.load(path, map_location=map_location, weights_only=weights_only)
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this code reads {FORMAT}")
+    return _apply(path, state, model=model, optimizer=optimizer, restore_rng=restore_rng, ignore=ignore)
+
+
+def load_newest(folder: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                restore_rng: bool = True, ignore: tuple[str, ...] = (), what: str = "") -> tuple[Path, dict]:
+    """`load` of the newest checkpoint in `folder` that can be read; returns (its path, load's result).
+
+    A file that cannot be read (empty or truncated: a full disk, a copy cut short) is skipped with a warning
+    naming it, and the next older one is tried; save() keeps more than one (train.keep_checkpoints) for this.
+    Only reading falls back: a readable checkpoint that does not fit the model is an error. None readable (or
+    none at all): a RunFolderError naming `folder` (`what` says whose checkpoints, e.g. '--from RUN')."""
+    where = what or str(folder)
+    found = numbered_checkpoints(folder)
+    if not found:
+        raise RunFolderError(f"{where}: no checkpoint under {folder}")
+    for path in found:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises EOFError, RuntimeError, UnpicklingError... for a damaged file
+            print(f"warning: skipping unreadable checkpoint {path} ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0] if str(e) else 'empty or truncated'})", file=sys.stderr, flush=True)
+            continue
+        return path, _apply(path, state, model=model, optimizer=optimizer, restore_rng=restore_rng,
+                            ignore=ignore)
+    names = ", ".join(p.name for p in found)
+    raise RunFolderError(f"{where}: no checkpoint under {folder} can be read ({names} are empty or truncated)")
+
+
+def _apply(path: str | os.PathLike, state: dict, *, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+           restore_rng: bool, ignore: tuple[str, ...]) -> dict:
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: checkpoint format {found!r}, this code reads {FORMAT}")
     weights = {k: v for k, v in state["model"].items() if not k.startswith(ignore)} if ignore else state["model"]
     unwrap(model).load_state_dict(weights)
     if optimizer is not None:

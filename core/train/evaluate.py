@@ -5,30 +5,33 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.train import checkpoint
 from core.format import config as cfglib, provenance
+from core.format.run_folder import RunFolder
+from core.train import checkpoint
 from core.train.engine import evaluate
+from core.train.parts import build_parts
 from core.train.run_config import RunConfig
-from core.train.run import build_parts
-from core.format.run_folder import CHECKPOINT_DIR
-from core.train.run_config import RunConfigError
 
 
-def evaluate_run(run_dir: Path, data: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise RunConfigError(f"{run_dir}: no config.yaml; is this a run folder written by 'grainsweep train'?")
-    sets = list(overrides) + ([f"data.path={data}"] if data else [])
-    cfg = cfglib.load(RunConfig, cfg_file, sets)
-    last = checkpoint.latest(run_dir / CHECKPOINT_DIR) if (run_dir / CHECKPOINT_DIR).is_dir() else None
-    if last is None:
-        raise RunConfigError(f"{run_dir}: no checkpoint to evaluate")
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, cfg: RunConfig | None = None) -> dict:
+    """Evaluates the run's newest readable checkpoint on `data`'s val split; writes and returns eval.json's record.
+
+    `data`: another dataset folder (written to eval-<folder name>.json); None = the run's own dataset, which must
+    still hold what the run trained on (its fingerprint, core.format.run_folder). `cfg`: the run's settings with
+    changes (e.g. data.val_batch_size); None = the run's config.yaml."""
+    folder = RunFolder(run_dir)
+    saved = folder.require_config()
+    cfg = cfg if cfg is not None else cfglib.load(RunConfig, saved)
+    if data is None:
+        folder.check_dataset(cfg.data.path, explicit=False)
+    else:
+        cfg = cfglib.with_values(cfg, {"data.path": str(data)})
     p = build_parts(cfg)
-    checkpoint.load(last, model=p.model, restore_rng=False, ignore=checkpoint.AUXILIARY_HEADS)
+    last, _ = checkpoint.load_newest(folder.checkpoint_dir, model=p.model, restore_rng=False,
+                                     ignore=checkpoint.AUXILIARY_HEADS, what=str(folder.path))
     p.model.eval()
     result = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
                       level=p.level, precision=p.precision, loss_fn=p.loss_fn, objective=p.objective)
     out = {"checkpoint": last.name, "data": cfg.data.path, "level": p.level, **result}
-    name = "eval.json" if data is None else f"eval-{Path(data).resolve().name}.json"
-    provenance.write_atomic(run_dir / name, json.dumps(out, indent=1) + "\n")
+    provenance.write_atomic(folder.eval_file(data), json.dumps(out, indent=1) + "\n")
     return out

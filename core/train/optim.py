@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "adamw")
+from core.train.run_config import OPTIMIZERS
 
 
 def build_loss(label_smoothing: float = 0.0) -> nn.Module:

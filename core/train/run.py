@@ -1,8 +1,10 @@
-"""One training run from a RunConfig: builds the objects, then drives core.train.engine epoch by epoch.
+"""One training run from a RunConfig: builds its parts (core/train/parts.py), then drives core.train.engine epoch by
+epoch.
 
-The run folder gets config.yaml + provenance.json (git SHA), metrics.jsonl (one line per epoch), TensorBoard
-events under tb/, checkpoints under checkpoints/, and result.json once the run has finished (its presence is
-what makes a run "done" for reruns of a sweep).
+The run folder (core/format/run_folder.py) gets config.yaml + provenance.json (git SHA), dataset.json (the
+dataset's absolute path and fingerprint), metrics.jsonl (one line per epoch), TensorBoard events under tb/,
+checkpoints under checkpoints/, and result.json once the run has finished (its presence is what makes a run
+"done" for reruns of a sweep).
 """
 
 from __future__ import annotations
@@ -10,178 +12,39 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from core.train import checkpoint
+from core.data.loader import GpuBatches
 from core.format import config as cfglib, provenance
-from core.format import derived as derived_lib
-from core.format import hierarchy as hlib
-from core.data.augment import GpuAugment
+from core.format.run_folder import RunFolder, dataset_fingerprint
+from core.train import checkpoint
 from core.train.engine import evaluate, train_epoch
-from core.device import Precision, resolve_device, resolve_precision
-from core.format.run_folder import CHECKPOINT_DIR, RESULT_FILE
-from core.data.loader import BetonLoader, GpuBatches, beton_columns, build_loader
-from core.models.build import to_channels_last
-from core.train.optim import build_loss, build_optimizer
-from core.data.resident import ResidentLoader, ResidentMemoryError, build_resident_loader
-from core.train.run_config import RunConfig, RunConfigError
-from core.train.objective import Objective
+from core.train.parts import Parts, build_parts, resolution_at
+from core.train.run_config import RunConfig, RunConfigError, absolute_data_path
 from core.train.run_log import RunLog
-from core.train.schedule import LRSchedule
-from core.train.semantic_softmax import SemanticSoftmax, build_objective, build_run_model
 
 
-def resolution_at(epoch: int, end_res: int, progressive: tuple[int, int, int]) -> int:
-    """Linear ramp from progressive[0] px at epoch progressive[1] to end_res at epoch progressive[2], in steps
-    of 8 px (few distinct sizes keep recompiles bounded)."""
-    start, e0, e1 = progressive
-    if start <= 0:
-        return end_res
-    if epoch <= e0:
-        res = start
-    elif epoch >= e1:
-        res = end_res
-    else:
-        res = start + (end_res - start) * (epoch - e0) / max(e1 - e0, 1)
-    return int(max(8, round(res / 8) * 8))
-
-
-@dataclass
-class Parts:
-    """Everything a run needs, built from its config."""
-
-    hierarchy: hlib.Hierarchy
-    level: str
-    device: torch.device
-    precision: Precision
-    model: torch.nn.Module
-    forward: Any
-    train_loader: BetonLoader | ResidentLoader
-    val_loader: BetonLoader | ResidentLoader
-    train_augment: GpuAugment
-    val_augment: GpuAugment
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
-    loss_fn: Any  # evaluation loss at `level`
-    objective: Objective  # what training minimises (core/train/objective.py)
-
-
-def check_data(cfg: RunConfig) -> tuple[hlib.Hierarchy, str]:
-    """The dataset exists and has the level asked for; returns (hierarchy, level name).
-
-    A derived level (core/format/derived.py) gets the hierarchy it is evaluated in: itself, then the levels it nests
-    under."""
-    data = Path(cfg.data.path)
-    if not data.is_dir():
-        raise RunConfigError(f"data.path={cfg.data.path!r}: no such dataset folder")
-    for name in ("train.beton", "val.beton"):
-        if not (data / name).is_file():
-            raise RunConfigError(f"data.path={cfg.data.path!r}: missing {name}")
-    h = hlib.load(data)
-    level = cfg.data.level or h.names[0]
-    if level not in h.names and level in h.derived:
-        return derived_lib.eval_hierarchy(data, level), level
-    if level not in h.names:
-        raise RunConfigError(f"data.level={level!r} is not a level of {data}; its levels are {h.names}")
-    return h, level
-
-
-def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
-                objective: Objective | None = None) -> Parts:
-    """The run's objects. `model` / `objective` replace the config's (a transfer's model; a multi-head loss).
-
-    Without them, both follow `train.objective` (core/train/semantic_softmax.py): a single-head model and cross-entropy,
-    or one head per level and the semantic softmax."""
-    h, level = check_data(cfg)
-    torch.manual_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
-    data = Path(cfg.data.path)
-    objective_given = objective is not None
-    objective = objective or build_objective(cfg, h, level)
-
-    # model
-    if cfg.train.progressive[0] > 0 and cfg.model.name.startswith("bmlp"):
-        raise RunConfigError("train.progressive needs a model that takes any resolution; the bmlp MLP flattens a "
-                             "fixed image size")
-    if model is None:
-        model = build_run_model(cfg, h, level)
-    elif (not objective_given and isinstance(objective, SemanticSoftmax)
-          and getattr(model, "level_sizes", None) != objective.sizes):
-        raise RunConfigError(f"train.objective=semantic_softmax needs a model with one head per level of "
-                             f"{list(objective.levels)} (core.train.semantic_softmax.build_run_model); the model given "
-                             "has other heads. A transfer trains one new head: use train.objective=single")
-    model = model.to(device)
-    if cfg.model.channels_last:
-        model = to_channels_last(model)
-    use_compile = cfg.model.compile == "always" or (cfg.model.compile == "auto" and device.type == "cuda")
-    forward = torch.compile(model) if use_compile else model
-
-    # data
-    val_beton = data / derived_lib.eval_beton(data, level)  # val.beton but for a level that labels no val sample
-    extras = ["hard"] if "hard" in beton_columns(val_beton) else []
-    start_res = resolution_at(0, cfg.data.resolution, cfg.train.progressive)
-    train_loader = build_run_loader(cfg, data / "train.beton", split="train", batch_size=cfg.data.batch_size,
-                                    levels=list(objective.train_levels), resolution=start_res,
-                                    order=cfg.data.order, drop_last=True, scale=cfg.data.scale,
-                                    seed=cfg.train.seed, device=device)
-    if len(train_loader) == 0:
-        raise RunConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
-                             f"({data / 'train.beton'}); with drop_last no step would run")
-    val_loader = build_run_loader(cfg, val_beton, split="val", batch_size=cfg.data.val_batch_size,
-                                  levels=h.names[h.index(level):], resolution=cfg.data.val_resolution or
-                                  cfg.data.resolution, order="sequential", drop_last=False, extra_columns=extras,
-                                  seed=cfg.train.seed, device=device)
-    act_dtype = precision.dtype or torch.float32
-    train_augment = GpuAugment(device=device, dtype=act_dtype, flip=cfg.data.flip,
-                               mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha,
-                               num_classes={lv: _num_classes(h, data, lv) for lv in objective.train_levels},
-                               compile=use_compile)
-    val_augment = GpuAugment(device=device, dtype=act_dtype, flip=False, compile=use_compile)
-
-    # optimisation
-    optimizer = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                momentum=cfg.optim.momentum)
-    steps_per_epoch = len(train_loader)
-    schedule = LRSchedule(base_lr=cfg.optim.lr, warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
-                          total_steps=cfg.train.epochs * steps_per_epoch, kind=cfg.optim.schedule,
-                          final_lr_fraction=cfg.optim.final_lr_fraction)
-    return Parts(h, level, device, precision, model, forward, train_loader, val_loader, train_augment,
-                 val_augment, optimizer, schedule, build_loss(cfg.optim.label_smoothing), objective)
-
-
-def build_run_loader(cfg: RunConfig, path: Path, **kw: Any) -> BetonLoader | ResidentLoader:
-    """A run's training or validation loader: core.data.loader.build_loader, or with data.resident the device-resident
-    loader (core/data/resident.py) on the same arguments (ffcv's workers/os_cache/distributed then have no meaning)."""
-    if not cfg.data.resident:
-        return build_loader(path, num_workers=cfg.data.workers, os_cache=cfg.data.os_cache, distributed=False,
-                            **kw)
-    try:
-        return build_resident_loader(path, max_bytes=int(cfg.data.resident_max_gb * 1e9), **kw)
-    except ResidentMemoryError as e:
-        raise RunConfigError(f"data.resident=true: {e}; raise data.resident_max_gb if the device has the memory, "
-                             "or set data.resident=false (ffcv decodes on the CPU)") from None
-
-
-def _num_classes(h: hlib.Hierarchy, data: Path, level: str) -> int:
-    if level in h.names:
-        return h.level(level).num_classes
-    return derived_lib.eval_hierarchy(data, level).level(level).num_classes
-
-
-def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        old = cfglib.to_dict(cfglib.parse(RunConfig, cfglib.read_yaml(saved)))
+def _check_resume_config(folder: RunFolder, cfg: RunConfig) -> None:
+    if folder.config_file.is_file():
+        old = cfglib.to_dict(absolute_data_path(cfglib.parse(RunConfig, cfglib.read_yaml(folder.config_file))))
         new = cfglib.to_dict(cfg)
         if old != new:
             diff = sorted(k for k in _flatten(new) if _flatten(old).get(k) != _flatten(new)[k])
-            raise RunConfigError(f"{run_dir} was started with another config (differs in {diff}); resume with "
-                                 "the same settings or use a new run folder")
+            raise RunConfigError(f"{folder.path} was started with another config (differs in {diff}); resume "
+                                 "with the same settings or use a new run folder")
+
+
+def _check_resume_dataset(folder: RunFolder, data: str) -> None:
+    record = folder.dataset_record()
+    if record is None:
+        folder.record_dataset(data)
+    elif record.get("fingerprint") != dataset_fingerprint(data):
+        raise RunConfigError(f"{data} changed since {folder.path} started on it (fingerprint "
+                             f"{record.get('fingerprint')} then, {dataset_fingerprint(data)} now); a resumed run "
+                             "must see the same data: use a new run folder")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -195,20 +58,24 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, parts: Parts | None = None) -> dict:
-    """Trains (or resumes) the run in `run_dir`; returns the final evaluation. Writes result.json at the end."""
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    last = checkpoint.latest(ckpt_dir) if resume and ckpt_dir.is_dir() else None
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise RunConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or use a new --out")
+    """Trains (or resumes) the run in `run_dir`; returns the final evaluation. Writes result.json at the end.
+
+    config.yaml records data.path as an absolute path, so the run's dataset is found from any working
+    directory (`grainsweep eval RUN`)."""
+    folder = RunFolder(run_dir)
+    run_dir, ckpt_dir = folder.path, folder.checkpoint_dir
+    folder.refuse_unless_resume(resume)
+    cfg = absolute_data_path(cfg)
     if resume:
-        _check_resume_config(run_dir, cfg)
+        _check_resume_config(folder, cfg)
     p = parts or build_parts(cfg)
     start_epoch, step = 0, 0
-    if last is not None:
-        state = checkpoint.load(last, model=p.model, optimizer=p.optimizer)
+    if resume and folder.checkpoints():
+        # the newest readable checkpoint: a damaged newest one (killed mid-copy, full disk) is skipped
+        _, state = checkpoint.load_newest(ckpt_dir, model=p.model, optimizer=p.optimizer, what=str(run_dir))
         start_epoch, step = int(state["epoch"]), int(state["step"])
     provenance.record(run_dir, cfg, {"level": p.level, "device": str(p.device)})
+    _check_resume_dataset(folder, cfg.data.path)
     log = RunLog(run_dir, start_epoch=start_epoch, purge_step=step if step else None)
     result: dict = {}
     try:
@@ -254,7 +121,7 @@ def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, parts: Parts 
         result = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
                           level=p.level, precision=p.precision, loss_fn=p.loss_fn, objective=p.objective)
     final = {"level": p.level, "epochs": cfg.train.epochs, **result}
-    provenance.write_atomic(run_dir / RESULT_FILE, json.dumps(final, indent=1) + "\n")
+    provenance.write_atomic(folder.result_file, json.dumps(final, indent=1) + "\n")
     return final
 
 

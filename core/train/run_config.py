@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from core.format.config import ConfigError
+from core.format.config import ConfigError, with_values
+
+# the names each setting accepts, listed once (core/train/optim.py and core/train/schedule.py check against these)
+Optimizer = Literal["sgd", "adamw"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+Schedule = Literal["cosine", "linear", "constant"]  # the decay after warm-up
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 class RunConfigError(ConfigError):
@@ -36,6 +44,10 @@ class DataConfig:
             raise ValueError("resolution >= 8, batch sizes >= 1 and workers >= 1 are required")
         if self.resident_max_gb <= 0:
             raise ValueError(f"resident_max_gb must be > 0, got {self.resident_max_gb}")
+        if not self.path:
+            raise RunConfigError("data.path must name a dataset folder, got ''")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise RunConfigError(f"data.scale must be (low, high) with 0 < low <= high <= 1, got {list(self.scale)}")
 
 
 @dataclass(frozen=True)
@@ -48,14 +60,24 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Optimizer = "sgd"
     lr: float = 0.2  # peak learning rate for `batch_size` images per step
     weight_decay: float = 5e-5  # on weights with ndim >= 2 only
     momentum: float = 0.9  # SGD momentum (AdamW: beta1)
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0  # linear warm-up from 0, in epochs (per-iteration schedule)
-    schedule: Literal["cosine", "linear"] = "cosine"  # decay after warm-up
+    schedule: Schedule = "cosine"  # decay after warm-up (constant: none)
     final_lr_fraction: float = 0.0  # LR at the end as a fraction of the peak
+
+    def __post_init__(self) -> None:
+        for key in ("lr", "weight_decay", "momentum", "warmup_epochs"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):  # NaN fails every comparison: caught here
+                raise RunConfigError(f"optim.{key} must be a finite number >= 0, got {value}")
+        if not 0 <= self.label_smoothing < 1:
+            raise RunConfigError(f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise RunConfigError(f"optim.final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
 
 
 @dataclass(frozen=True)
@@ -70,7 +92,7 @@ class TrainConfig:
     # ramp up to data.resolution, in multiples of 8 px; (0, 0, 0) = off
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
-    keep_checkpoints: int = 1  # newest checkpoints kept
+    keep_checkpoints: int = 2  # newest checkpoints kept: more than one, so a damaged newest one has a fallback
     # what training minimises (core/train/semantic_softmax.py): 'single' = cross-entropy at data.level; 'semantic_softmax'
     # = one head per level and sum_k w_k * cross-entropy_k over objective_levels (ImageNet-21K-P's multi-level
     # pretraining); evaluation, transfer and features use data.level's head / the shared backbone either way
@@ -80,6 +102,13 @@ class TrainConfig:
     # ridnik = Ridnik et al.'s min(20, N / classes at this level and finer), classes = by class count, uniform
 
     def __post_init__(self) -> None:
+        for key in ("epochs", "eval_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise RunConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise RunConfigError(f"train.{key} must be a finite number >= 0 (0 = off), got {value}")
         if self.objective == "single" and (self.objective_levels or self.objective_weights != "ridnik"):
             raise ValueError("train.objective_levels / train.objective_weights apply to "
                              "train.objective=semantic_softmax only")
@@ -91,3 +120,17 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        # the schedule needs warm-up inside training (core.train.schedule: warmup_steps <= total_steps)
+        if self.optim.warmup_epochs > self.train.epochs:
+            raise RunConfigError(f"optim.warmup_epochs={self.optim.warmup_epochs} is longer than training "
+                                 f"(train.epochs={self.train.epochs})")
+
+
+def absolute_data_path(cfg: RunConfig) -> RunConfig:
+    """`cfg` with data.path made absolute (against the working directory; symbolic links are kept as written),
+    so the run's config names its dataset from anywhere. An absolute path (a sweep's) is left as it is."""
+    if os.path.isabs(cfg.data.path):
+        return cfg
+    return with_values(cfg, {"data.path": os.path.abspath(cfg.data.path)})

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-KINDS = ("cosine", "linear", "constant")
+from core.train.run_config import SCHEDULES
 
 
 def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, kind: str = "cosine",
@@ -37,8 +36,8 @@ def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, kin
 
 
 def _check(base_lr: float, warmup_steps: int, total_steps: int, kind: str, final_lr_fraction: float) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown schedule kind {kind!r}; choose from {KINDS}")
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule kind {kind!r}; choose from {SCHEDULES}")
     if base_lr < 0:
         raise ValueError(f"base_lr must be >= 0, got {base_lr}")
     if total_steps < 1 or not 0 <= warmup_steps <= total_steps:

@@ -9,7 +9,7 @@ The model is built from the source run's config (its name, kwargs and resolution
 newest checkpoint, given a new head for the target's classes (`reset_head`), then handed to
 core.train.run.run through `parts`, so the run folder (config.yaml, metrics.jsonl, tb/, checkpoints/,
 result.json) and resume behave exactly as for `grainsweep train`. `transfer.json` in the run folder records
-the source run, its checkpoint and the mode.
+the source run, the checkpoint it started from (the newest readable one) and the mode.
 """
 
 from __future__ import annotations
@@ -18,58 +18,61 @@ import json
 import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
-from core.train import checkpoint
 from core.format import config as cfglib, provenance
+from core.format.run_folder import RunFolder, RunFolderError
+from core.train import checkpoint
+from core.train.parts import Parts, build_parts, check_data
+from core.train.run import run
+from core.train.run_config import RunConfig, RunConfigError
 from core.train.semantic_softmax import build_run_model, with_new_head
-from core.train.run_config import RunConfig
-from core.train.run import Parts, build_parts, check_data, run
-from core.format.run_folder import CHECKPOINT_DIR
-from core.train.run_config import RunConfigError
 
 MODES = ("full", "linear")
-TRANSFER_FILE = "transfer.json"
 Mode = Literal["full", "linear"]
 
 
 def source_config(source: str | Path) -> RunConfig:
     """The resolved RunConfig the source run was trained with."""
-    cfg_file = Path(source) / "config.yaml"
-    if not cfg_file.is_file():
-        raise RunConfigError(f"--from {source}: no config.yaml; is this a run folder written by 'grainsweep train'?")
-    return cfglib.load(RunConfig, cfg_file)
+    return cfglib.load(RunConfig, RunFolder(source).require_config("--from"))
 
 
 def source_checkpoint(source: str | Path) -> Path:
-    ckpt_dir = Path(source) / CHECKPOINT_DIR
-    last = checkpoint.latest(ckpt_dir) if ckpt_dir.is_dir() else None
+    """The source's newest checkpoint file (not opened: build_transfer_model loads the newest readable one)."""
+    folder = RunFolder(source)
+    last = folder.newest_checkpoint()
     if last is None:
-        raise RunConfigError(f"--from {source}: no checkpoint under {ckpt_dir}")
+        raise RunFolderError(f"--from {source}: no checkpoint under {folder.checkpoint_dir}")
     return last
 
 
 def transfer_config(source: str | Path, data: str | None, level: str,
-                    overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """The source run's settings, retargeted: data.path (default: the source's), data.level, then overrides."""
-    base = cfglib.to_dict(source_config(source))
+                    changes: dict[str, Any] | None = None) -> RunConfig:
+    """The source run's settings, retargeted: data.path (default: the source's dataset, which must still hold
+    what the source trained on), data.level, then `changes` (typed values at dotted keys)."""
+    src = source_config(source)
+    if data is None:
+        RunFolder(source).check_dataset(src.data.path, explicit=False)
     # a transfer trains one new head: a multi-level source's objective is not inherited
-    single = ["train.objective=single", "train.objective_levels=[]", "train.objective_weights=ridnik"]
-    sets = ([f"data.path={data}"] if data else []) + [f"data.level={level}", *single, *overrides]
-    return cfglib.load(RunConfig, None, sets, base=base)
+    values: dict[str, Any] = {"data.level": level, "train.objective": "single", "train.objective_levels": (),
+                              "train.objective_weights": "ridnik"}
+    if data is not None:
+        values["data.path"] = str(data)
+    return cfglib.with_values(src, {**values, **(changes or {})})
 
 
 def build_transfer_model(source: str | Path, num_classes: int, mode: Mode) -> tuple[nn.Module, Path]:
-    """The source's network with its newest weights and a new `num_classes` head; frozen but the head if linear."""
+    """The source's network with its newest readable weights and a new `num_classes` head; frozen but the head
+    if linear. Returns (model, the checkpoint loaded)."""
     if mode not in MODES:
         raise RunConfigError(f"mode={mode!r}; choose from {list(MODES)}")
     src = source_config(source)
     src_h, src_level = check_data(src)
     model = build_run_model(src, src_h, src_level)
-    last = source_checkpoint(source)
-    checkpoint.load(last, model=model, restore_rng=False, ignore=checkpoint.AUXILIARY_HEADS)
+    last, _ = checkpoint.load_newest(RunFolder(source).checkpoint_dir, model=model, restore_rng=False,
+                                     ignore=checkpoint.AUXILIARY_HEADS, what=f"--from {source}")
     before = {id(p) for p in model.parameters()}
     model = with_new_head(model, num_classes)  # reset_head; a multi-level source's backbone with a new head
     if mode == "linear":
@@ -98,9 +101,9 @@ def finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: Mode = "
 
     make_parts(cfg, model) builds the run's parts from the transfer model instead of build_parts (a transfer
     with more heads and data: core/methods/select_transfer.py)."""
-    source, out = Path(source).resolve(), Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise RunConfigError(f"{out} already holds a run; pass --resume to continue it, or use a new --out")
+    source, folder = Path(source).resolve(), RunFolder(out)
+    folder.refuse_unless_resume(resume)
+    out = folder.path
     h, level = check_data(cfg)
     model, last = build_transfer_model(source, h.level(level).num_classes, mode)
     src_cfg = source_config(source)
@@ -109,15 +112,14 @@ def finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: Mode = "
                              f"({src_cfg.model.name} {src_cfg.model.kwargs})")
     record = {"source": str(source), "source_checkpoint": last.name, "mode": mode,
               "source_level": check_data(src_cfg)[1], "target_level": level}
-    marker = out / TRANSFER_FILE
-    if marker.is_file():
-        old = json.loads(marker.read_text())
+    old = folder.transfer_record()
+    if old is not None:
         if {k: old.get(k) for k in ("source", "mode")} != {k: record[k] for k in ("source", "mode")}:
             raise RunConfigError(f"{out} was started from {old.get('source')} ({old.get('mode')}); resume it "
                                  "with the same --from and --mode, or use a new --out")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        provenance.write_atomic(marker, json.dumps(record, indent=1) + "\n")
+        provenance.write_atomic(folder.transfer_file, json.dumps(record, indent=1) + "\n")
     parts = build_parts(cfg, model=model) if make_parts is None else make_parts(cfg, model)
     # the folder now holds transfer.json, so run() is always told to resume: with no checkpoint yet it starts
     # from epoch 0 (from the source weights); with one it continues from it
@@ -129,5 +131,5 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODES", "TRANSFER_FILE", "build_transfer_model", "finetune", "source_config", "transfer_config",
+__all__ = ["MODES", "build_transfer_model", "finetune", "source_config", "transfer_config",
            "trainable_parameters"]

@@ -1,0 +1,205 @@
+"""What a run is made of, built from its RunConfig: the dataset check, model, loaders, augmentations, optimizer,
+schedule and objective (`Parts`). The run driver (core/train/run.py), transfers, evaluation and the data-selection
+method build their runs here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.data.augment import GpuAugment
+from core.data.loader import BetonLoader, beton_columns, build_loader
+from core.data.resident import ResidentLoader, ResidentMemoryError, build_resident_loader
+from core.device import Precision, resolve_device, resolve_precision
+from core.format import derived as derived_lib
+from core.format import hierarchy as hlib
+from core.models.build import to_channels_last
+from core.train.objective import Objective
+from core.train.optim import build_loss, build_optimizer
+from core.train.run_config import RunConfig, RunConfigError
+from core.train.schedule import LRSchedule
+from core.train.semantic_softmax import SemanticSoftmax, build_objective, build_run_model
+
+
+def resolution_at(epoch: int, end_res: int, progressive: tuple[int, int, int]) -> int:
+    """Linear ramp from progressive[0] px at epoch progressive[1] to end_res at epoch progressive[2], in steps
+    of 8 px (few distinct sizes keep recompiles bounded)."""
+    start, e0, e1 = progressive
+    if start <= 0:
+        return end_res
+    if epoch <= e0:
+        res = start
+    elif epoch >= e1:
+        res = end_res
+    else:
+        res = start + (end_res - start) * (epoch - e0) / max(e1 - e0, 1)
+    return int(max(8, round(res / 8) * 8))
+
+
+@dataclass
+class Parts:
+    """Everything a run needs, built from its config."""
+
+    hierarchy: hlib.Hierarchy
+    level: str
+    device: torch.device
+    precision: Precision
+    model: torch.nn.Module
+    forward: Any
+    train_loader: BetonLoader | ResidentLoader
+    val_loader: BetonLoader | ResidentLoader
+    train_augment: GpuAugment
+    val_augment: GpuAugment
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    loss_fn: Any  # evaluation loss at `level`
+    objective: Objective  # what training minimises (core/train/objective.py)
+
+
+def check_data(cfg: RunConfig) -> tuple[hlib.Hierarchy, str]:
+    """The dataset exists and has the level asked for; returns (hierarchy, level name).
+
+    A derived level (core/format/derived.py) gets the hierarchy it is evaluated in: itself, then the levels it nests
+    under."""
+    data = Path(cfg.data.path)
+    if not data.is_dir():
+        raise RunConfigError(f"data.path={cfg.data.path!r}: no such dataset folder")
+    for name in ("train.beton", "val.beton"):
+        if not (data / name).is_file():
+            raise RunConfigError(f"data.path={cfg.data.path!r}: missing {name}")
+    h = hlib.load(data)
+    _check_labels(data, h)
+    level = cfg.data.level or h.names[0]
+    if level not in h.names and level in h.derived:
+        return derived_lib.eval_hierarchy(data, level), level
+    if level not in h.names:
+        raise RunConfigError(f"data.level={level!r} is not a level of {data}; its levels are {h.names}")
+    return h, level
+
+
+_LABELS_CHECKED: set[tuple] = set()  # (dataset folder, its files' mtimes): a run checks its data once, not per part
+
+
+def _check_labels(data: Path, h: hlib.Hierarchy) -> None:
+    """The betons' label columns fit the hierarchy: every label inside its level's classes, and every coarse label
+    the one the hierarchy gives the sample's leaf. A hierarchy.json edited after conversion would otherwise give
+    an IndexError mid-run or silently wrong coarse accuracy (coarse scores come from the hierarchy's maps)."""
+    from ffcv.reader import Reader
+
+    key = (str(data.resolve()), *((data / n).stat().st_mtime_ns for n in ("hierarchy.json", "train.beton",
+                                                                            "val.beton")))
+    if key in _LABELS_CHECKED:
+        return
+    leaf = h.names[0]
+    for name in ("train.beton", "val.beton"):
+        reader = Reader(str(data / name))
+        fields = list(reader.field_names)
+        columns = {lv: reader.metadata[f"f{fields.index(lv)}"].astype(np.int64) for lv in h.names if lv in fields}
+        for lv, values in columns.items():
+            top = int(values.max()) if len(values) else -1
+            if top >= h.level(lv).num_classes:
+                raise RunConfigError(f"{data / name}: level {lv!r} has label {top}, but {data / 'hierarchy.json'} "
+                                     f"gives it {h.level(lv).num_classes} classes; the hierarchy no longer matches "
+                                     "the betons (re-convert the dataset, or restore its hierarchy.json)")
+        if leaf not in columns:
+            continue
+        leaves = columns[leaf]
+        for lv, values in columns.items():
+            known = (leaves >= 0) & (values >= 0)
+            expected = h.leaf_map(lv)[leaves[known]]
+            wrong = np.flatnonzero(expected != values[known])
+            if len(wrong):
+                row = int(np.flatnonzero(known)[wrong[0]])
+                raise RunConfigError(f"{data / name}: row {row} has {lv!r} label {int(values[row])}, but "
+                                     f"{data / 'hierarchy.json'} puts its leaf {int(leaves[row])} in class "
+                                     f"{int(expected[wrong[0]])}; the hierarchy no longer matches the betons "
+                                     "(re-convert the dataset, or restore its hierarchy.json)")
+    _LABELS_CHECKED.add(key)
+
+
+def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
+                objective: Objective | None = None) -> Parts:
+    """The run's objects. `model` / `objective` replace the config's (a transfer's model; a multi-head loss).
+
+    Without them, both follow `train.objective` (core/train/semantic_softmax.py): a single-head model and cross-entropy,
+    or one head per level and the semantic softmax."""
+    h, level = check_data(cfg)
+    torch.manual_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    data = Path(cfg.data.path)
+    objective_given = objective is not None
+    objective = objective or build_objective(cfg, h, level)
+
+    # model
+    if cfg.train.progressive[0] > 0 and cfg.model.name.startswith("bmlp"):
+        raise RunConfigError("train.progressive needs a model that takes any resolution; the bmlp MLP flattens a "
+                             "fixed image size")
+    if model is None:
+        model = build_run_model(cfg, h, level)
+    elif (not objective_given and isinstance(objective, SemanticSoftmax)
+          and getattr(model, "level_sizes", None) != objective.sizes):
+        raise RunConfigError(f"train.objective=semantic_softmax needs a model with one head per level of "
+                             f"{list(objective.levels)} (core.train.semantic_softmax.build_run_model); the model given "
+                             "has other heads. A transfer trains one new head: use train.objective=single")
+    model = model.to(device)
+    if cfg.model.channels_last:
+        model = to_channels_last(model)
+    use_compile = cfg.model.compile == "always" or (cfg.model.compile == "auto" and device.type == "cuda")
+    forward = torch.compile(model) if use_compile else model
+
+    # data
+    val_beton = data / derived_lib.eval_beton(data, level)  # val.beton but for a level that labels no val sample
+    extras = ["hard"] if "hard" in beton_columns(val_beton) else []
+    start_res = resolution_at(0, cfg.data.resolution, cfg.train.progressive)
+    train_loader = build_run_loader(cfg, data / "train.beton", split="train", batch_size=cfg.data.batch_size,
+                                    levels=list(objective.train_levels), resolution=start_res,
+                                    order=cfg.data.order, drop_last=True, scale=cfg.data.scale,
+                                    seed=cfg.train.seed, device=device)
+    if len(train_loader) == 0:
+        raise RunConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
+                             f"({data / 'train.beton'}); with drop_last no step would run")
+    val_loader = build_run_loader(cfg, val_beton, split="val", batch_size=cfg.data.val_batch_size,
+                                  levels=h.names[h.index(level):], resolution=cfg.data.val_resolution or
+                                  cfg.data.resolution, order="sequential", drop_last=False, extra_columns=extras,
+                                  seed=cfg.train.seed, device=device)
+    act_dtype = precision.dtype or torch.float32
+    train_augment = GpuAugment(device=device, dtype=act_dtype, flip=cfg.data.flip,
+                               mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha,
+                               num_classes={lv: _num_classes(h, data, lv) for lv in objective.train_levels},
+                               compile=use_compile)
+    val_augment = GpuAugment(device=device, dtype=act_dtype, flip=False, compile=use_compile)
+
+    # optimisation
+    optimizer = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                momentum=cfg.optim.momentum)
+    steps_per_epoch = len(train_loader)
+    schedule = LRSchedule(base_lr=cfg.optim.lr, warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
+                          total_steps=cfg.train.epochs * steps_per_epoch, kind=cfg.optim.schedule,
+                          final_lr_fraction=cfg.optim.final_lr_fraction)
+    return Parts(h, level, device, precision, model, forward, train_loader, val_loader, train_augment,
+                 val_augment, optimizer, schedule, build_loss(cfg.optim.label_smoothing), objective)
+
+
+def build_run_loader(cfg: RunConfig, path: Path, **kw: Any) -> BetonLoader | ResidentLoader:
+    """A run's training or validation loader: core.data.loader.build_loader, or with data.resident the device-resident
+    loader (core/data/resident.py) on the same arguments (ffcv's workers/os_cache/distributed then have no meaning)."""
+    if not cfg.data.resident:
+        return build_loader(path, num_workers=cfg.data.workers, os_cache=cfg.data.os_cache, distributed=False,
+                            **kw)
+    try:
+        return build_resident_loader(path, max_bytes=int(cfg.data.resident_max_gb * 1e9), **kw)
+    except ResidentMemoryError as e:
+        raise RunConfigError(f"data.resident=true: {e}; raise data.resident_max_gb if the device has the memory, "
+                             "or set data.resident=false (ffcv decodes on the CPU)") from None
+
+
+def _num_classes(h: hlib.Hierarchy, data: Path, level: str) -> int:
+    if level in h.names:
+        return h.level(level).num_classes
+    return derived_lib.eval_hierarchy(data, level).level(level).num_classes
