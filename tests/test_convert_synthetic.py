@@ -111,7 +111,7 @@ def test_non_dataset_folder_is_not_overwritten(tmp_path):
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     cfg = convert_synthetic.load_config("tiny", None, [])
-    with pytest.raises(DatasetExistsError, match="no grainsweep manifest"):
+    with pytest.raises(DatasetExistsError, match="holds no grainsweep dataset"):
         convert_synthetic.convert(out, cfg)
     assert (out / "precious.txt").read_text() == "keep me"
 

