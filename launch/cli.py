@@ -7,6 +7,7 @@ import sys
 
 from core.format.config import ConfigError
 from core.format.hierarchy import HierarchyError
+from core.format.lock import LockedError
 from data_tools.convert_source import RejectsError
 from data_tools.publish import DatasetExistsError
 from data_tools.sources.catalog import SourceError
@@ -18,7 +19,7 @@ COMMANDS = [cli_convert, cli_tree, cli_derive, cli_train, cli_finetune, cli_clus
 
 # errors that are the user's input, shown as one line instead of a traceback
 USER_ERRORS = (ConfigError, HierarchyError, DatasetExistsError, FileNotFoundError, NotADirectoryError, SourceError,
-               RejectsError, WnidError, WordNetDataError)
+               RejectsError, WnidError, WordNetDataError, LockedError)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from launch import executors
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="pretrain at every level, transfer to the target, baselines (SLURM or local)",
@@ -12,8 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "Settings: launch/sweep_config.py; default sweep: launch/sweeps/default.yaml.")
     p.add_argument("config", nargs="?", default=None,
                    help="sweep YAML file, or the name of a packaged sweep (default: 'default')")
-    p.add_argument("--executor", choices=["auto", "local", "slurm", "debug"], default=None,
-                   help="where jobs run (sets executor.name; auto = slurm if sbatch is on PATH, else local)")
+    p.add_argument("--executor", choices=executors.CHOICES, default=None,
+                   help="where jobs run (sets executor.name; auto = slurm if sbatch is installed and its controller "
+                        "answers, else local)")
     p.add_argument("--out", help="sweep folder (default: data/sweeps/<name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override of the sweep config, e.g. seeds=[0,1] or run.train.epochs=3")
@@ -41,7 +44,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 0
     plan, records = sweep.run_sweep(cfg, args.out, args.executor)
     for rec in records:
-        if rec["executor"] != "local":
+        if "array_id" in rec:
             print(f"stage {rec['stage']}: array {rec['array_id']} ({len(rec['jobs'])} jobs)")
     if args.wait:
         status.wait(plan.sweep_dir)

@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 from core.format import config as cfglib
 from core.train.run_config import RunConfig
+from launch import executors
 
 SWEEPS_DIR = Path(__file__).parent / "sweeps"  # packaged sweep files; `default.yaml` is the default
-EXECUTORS = ("auto", "local", "slurm", "debug")
+EXECUTORS = executors.CHOICES  # 'auto' and the registered executors' names (launch/executors/__init__.py)
 _SBATCH_KEY = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
@@ -105,7 +106,7 @@ class SlurmConfig:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    name: Literal["auto", "local", "slurm", "debug"] = "auto"  # auto = slurm if `sbatch` is on PATH, else local
+    name: Literal[EXECUTORS] = "auto"  # auto = slurm if sbatch is installed and its controller answers, else local
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 

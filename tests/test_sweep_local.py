@@ -13,7 +13,8 @@ import pytest
 
 from core.format import run_folder
 from core.format import config as cfglib
-from launch import executors, plan as planlib, report, status, sweep, sweep_config
+from launch import plan as planlib, report, status, sweep, sweep_config
+from launch.executors import records
 from launch.cli import main as cli
 
 
@@ -35,6 +36,7 @@ def tiny_sweep(data: Path, *sets: str) -> sweep_config.SweepConfig:
 def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     cfg = tiny_sweep(root / "data")
+    planlib.prepare(cfg)  # converts the tiny data (launch.sweep calls it too once it prepares before planning)
     plan, records = sweep.run_sweep(cfg, root / "sw", executor="local")
     return cfg, plan, records, root
 
@@ -88,10 +90,10 @@ def test_local_run_finishes_everything_in_dependency_order(finished):
 
 def test_rerun_submits_nothing(finished, capsys):
     cfg, plan, _, root = finished
-    before = (root / "sw" / executors.JOBS_FILE).read_text()
+    before = (root / "sw" / records.JOBS_FILE).read_text()
     plan2, records = sweep.run_sweep(cfg, root / "sw", executor="local")
     assert records == [] and [j.name for j in plan2.jobs] == [j.name for j in plan.jobs]
-    assert (root / "sw" / executors.JOBS_FILE).read_text() == before
+    assert (root / "sw" / records.JOBS_FILE).read_text() == before
     assert "0 to run" in capsys.readouterr().out
     # a changed setting is a new run folder for what it touches only
     plan3 = planlib.plan_sweep(tiny_sweep(root / "data", "transfer.set=[train.epochs=2]"), root / "sw")
@@ -196,7 +198,7 @@ def test_bad_config_fails_before_submission(finished, tmp_path, capsys, sets, ke
     assert cli(args) == 2
     err = capsys.readouterr().err
     assert key in err, err
-    assert not (tmp_path / "sw" / executors.JOBS_FILE).exists() and not (tmp_path / "sw" / "runs").exists()
+    assert not (tmp_path / "sw" / records.JOBS_FILE).exists() and not (tmp_path / "sw" / "runs").exists()
 
 
 def test_sweep_config_file_and_packaged_default(tmp_path):
@@ -221,10 +223,11 @@ def test_status_report_and_planning_do_not_import_torch():
 
 def test_fields_added_later_keep_folder_names_at_their_defaults():
     from core.train.run_config import RunConfig
-    config = cfglib.to_dict(cfglib.load(RunConfig, None, []))
+    config = RunConfig()
     older = {section: {k: v for k, v in values.items() if (section, k) not in planlib.LATER_FIELDS}
-             for section, values in config.items()}  # a resolved config from before those fields existed
-    assert all(config[s][k] == default for (s, k), default in planlib.LATER_FIELDS.items())
-    assert planlib.run_hash(config, "pretrain") == planlib.run_hash(older, "pretrain")
-    changed = cfglib.to_dict(cfglib.load(RunConfig, None, ["data.resident=true"]))
+             for section, values in cfglib.to_dict(config).items()}  # a resolved config from before those fields
+    assert all(cfglib.to_dict(config)[s][k] == default for (s, k), default in planlib.LATER_FIELDS.items())
+    older["train"]["keep_checkpoints"] = 1  # the default when the first sweeps were named (FIXED_FIELDS)
+    assert planlib.run_hash(config, "pretrain") == planlib.run_hash(cfglib.parse(RunConfig, older), "pretrain")
+    changed = cfglib.with_values(config, {"data.resident": True})
     assert planlib.run_hash(changed, "pretrain") != planlib.run_hash(config, "pretrain")

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from core.format import run_folder
-from launch import executors, report, status, sweep
+from launch import report, status, sweep
+from launch.executors import records
 from launch.jobs import read_starts
 from tests.slurm_cluster import job_field, slurm_cluster, wait_for  # noqa: F401
 from tests.test_sweep_local import tiny_sweep
@@ -69,9 +70,9 @@ def test_sweep_on_slurm_arrays_afterok_rerun(slurm_cluster, tmp_path):  # noqa: 
         assert len(list(csv.DictReader(f))) == 4  # scratch + 3 pretraining levels (linear)
 
     # a rerun submits nothing (no new sbatch: jobs.json unchanged)
-    before = (out / executors.JOBS_FILE).read_text()
+    before = (out / records.JOBS_FILE).read_text()
     _, again = sweep.run_sweep(cfg, out, executor="slurm")
-    assert again == [] and (out / executors.JOBS_FILE).read_text() == before
+    assert again == [] and (out / records.JOBS_FILE).read_text() == before
 
 
 def _epochs_logged(run_dir: Path) -> list[int]:

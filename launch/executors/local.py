@@ -1,0 +1,81 @@
+"""The local executor: runs the jobs itself, in this process, one after the other: stage 1, then each transfer
+and clustering job whose pretraining run finished (afterok per job).
+
+In-process because every new process spends ~8-10 s importing torch/ffcv, longer than many of the demo's runs;
+on 2 cores a pool would only contend. A failed run is logged (<sweep>/logs/<run>.error) and the sweep goes on.
+Its jobs.json record lists the jobs in the order they run and gets each one's outcome as it ends; a job without
+an outcome is running (the first) or waiting (the rest) only while the sweep that wrote the record still holds
+the sweep folder's lock: after a Ctrl-C or a crash they are "todo" again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from core.format import lock
+from core.format.run_folder import is_done
+from launch.executors import base, records
+from launch.executors.job import SweepJob
+from launch.plan import JobSpec, Plan
+
+
+class LocalExecutor(base.Executor):
+    name = "local"
+    runs_here = True
+
+    def submit(self, plan: Plan, todo: list[JobSpec]) -> list[dict]:
+        todo = sorted(todo, key=lambda j: j.stage)
+        rec = {"time": time.time(), "executor": self.name, "jobs": {s.name: "local" for s in todo}, "states": {}}
+        records.append_record(self.sweep_dir, rec)
+        for i, spec in enumerate(todo):
+            print(f"[{i + 1}/{len(todo)}] {spec.name}", flush=True)
+            if spec.source and not is_done(spec.source):  # a transfer or clustering job needs its source run
+                rec["states"][spec.name] = base.FAILED
+                base.write_error(self.sweep_dir, spec.name, f"not run: its pretraining run "
+                                                            f"{Path(spec.source).name} did not succeed\n")
+            else:
+                t0 = time.time()
+                try:
+                    SweepJob()(spec)
+                    rec["states"][spec.name] = base.DONE
+                    print(f"    done in {time.time() - t0:.1f} s", flush=True)
+                except Exception:  # noqa: BLE001 - one failed run must not stop the others (SweepJob logged it)
+                    rec["states"][spec.name] = base.FAILED
+                    print(f"    FAILED; see {base.error_file(self.sweep_dir, spec.name)}", flush=True)
+            records.update_last_record(self.sweep_dir, rec)
+        return [rec]
+
+    @classmethod
+    def states(cls, sweep_dir: Path, jobs: dict[str, tuple[dict, str]]) -> dict[str, tuple[str, str]]:
+        out = {}
+        for name, (rec, _) in jobs.items():
+            outcome = rec.get("states", {}).get(name)
+            if outcome == base.DONE:  # its result.json is gone (status looks at the folder first)
+                out[name] = (base.TODO, "result.json missing; runs again")
+            elif outcome == base.FAILED:
+                out[name] = (base.FAILED, base.error_note(sweep_dir, name, since=rec.get("time", 0.0)))
+            elif outcome is None and _written_by_live_sweep(sweep_dir, rec):
+                waiting = [n for n in rec["jobs"] if n not in rec.get("states", {})]
+                out[name] = (base.RUNNING, "") if waiting and waiting[0] == name else (base.PENDING, "queued here")
+            else:  # its sweep was interrupted (Ctrl-C, killed) before it got to this job, or while on it
+                out[name] = (base.TODO, base.not_running_note(sweep_dir, name) or "not started")
+        return out
+
+
+def _written_by_live_sweep(sweep_dir: Path, rec: dict) -> bool:
+    """Whether the sweep that wrote `rec` is still running: it holds the sweep folder's lock since before."""
+    owner = lock.owner(sweep_dir)
+    if owner is None or owner.get("time", float("inf")) > rec.get("time", 0.0):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's process cannot be checked from here (core/format/lock.py does the same)
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True

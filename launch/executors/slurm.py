@@ -1,0 +1,177 @@
+"""The SLURM executor: stage 1 as ONE job array (submitit `executor.batch()`), stage 2 as a second array with
+`--dependency=afterok:<stage-1 array id>`, so no transfer starts before every stage-1 task succeeded (a failed
+pretraining run leaves its transfers pending with DependencyNeverSatisfied, or cancelled where the cluster has
+kill_invalid_depend; rerun the sweep to retry). Jobs are RunJob Checkpointables: a timeout or preemption
+requeues them and they resume from their last checkpoint. Every cluster detail lives in `slurm_parameters`.
+
+States come from squeue, then from text: the run's own error log (<sweep>/logs/<run>.error, written by the job)
+and submitit's stderr log. submitit's result pickles are never read: a file planted in a shared sweep folder
+would run its code in whoever reads the status.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import submitit
+
+from core.format import config as cfglib
+from launch.executors import base, records
+from launch.executors.job import SweepJob
+from launch.plan import JobSpec, Plan
+from launch.sweep_config import SlurmConfig
+
+PING_TIMEOUT_S = 10  # `scontrol ping` answers in milliseconds when the controller is up or refuses connections
+RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
+PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "RESV_DEL_HOLD"}
+_JOB_ID = re.compile(r"^\d+(_\d+)?$")  # also keeps a doctored jobs.json from naming paths outside the sweep
+
+
+class SlurmExecutor(base.Executor):
+    name = "slurm"
+
+    @staticmethod
+    def installed() -> bool:
+        return shutil.which("sbatch") is not None
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why jobs cannot be submitted now (sbatch missing, controller not answering), or None."""
+        if not cls.installed():
+            return "sbatch is not on PATH"
+        if not shutil.which("scontrol"):
+            return "scontrol is not on PATH (it comes with sbatch in slurm-client)"
+        try:
+            res = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=PING_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return f"the SLURM controller did not answer within {PING_TIMEOUT_S} s (scontrol ping)"
+        except OSError as e:
+            return f"scontrol ping: {e}"
+        if res.returncode == 0 and " UP" in res.stdout:
+            return None
+        said = next((x.strip() for x in (res.stdout + res.stderr).splitlines() if x.strip()), "no answer")
+        return f"the SLURM controller does not answer (scontrol ping: {said})"
+
+    @staticmethod
+    def check_section(cfg: SlurmConfig) -> None:
+        check_additional(cfg)
+
+    def check(self) -> None:
+        self._executor()
+
+    def ready(self) -> None:
+        why_not = self.unavailable()
+        if why_not is not None:
+            raise cfglib.ConfigError(f"executor.name='slurm': {why_not}; start SLURM (slurmctld) or use "
+                                     "--executor local")
+
+    def _executor(self) -> submitit.AutoExecutor:
+        ex = submitit.AutoExecutor(folder=self.sweep_dir / base.SUBMITIT_DIR / "%j", cluster="slurm",
+                                   slurm_max_num_timeout=self.cfg.slurm.max_num_timeout)
+        try:
+            ex.update_parameters(**slurm_parameters(self.cfg.slurm))
+        except (ValueError, TypeError, NameError) as e:
+            raise cfglib.ConfigError(f"executor.slurm: {e}") from None
+        return ex
+
+    def submit(self, plan: Plan, todo: list[JobSpec]) -> list[dict]:
+        out = []
+        dependency = ""
+        for stage in (1, 2):
+            specs = [j for j in todo if j.stage == stage]
+            if not specs:
+                continue
+            ex = self._executor()
+            if dependency:
+                ex.update_parameters(slurm_dependency=dependency)
+            with ex.batch():
+                jobs = [ex.submit(SweepJob(), spec) for spec in specs]
+            array_id = jobs[0].job_id.split("_")[0]
+            rec = {"time": time.time(), "executor": self.name, "stage": stage, "array_id": array_id,
+                   "dependency": dependency, "folder": str(self.sweep_dir / base.SUBMITIT_DIR),
+                   "jobs": {s.name: j.job_id for s, j in zip(specs, jobs)}}
+            records.append_record(self.sweep_dir, rec)
+            out.append(rec)
+            print(f"stage {stage}: {len(specs)} job(s) as array {array_id}"
+                  + (f" (after {dependency})" if dependency else ""), flush=True)
+            dependency = f"afterok:{array_id}"
+        return out
+
+    @classmethod
+    def states(cls, sweep_dir: Path, jobs: dict[str, tuple[dict, str]]) -> dict[str, tuple[str, str]]:
+        queue = squeue_states()
+        out = {}
+        for name, (rec, job_id) in jobs.items():
+            if not _JOB_ID.match(job_id):
+                out[name] = (base.FAILED, f"jobs.json: {job_id!r} is not a SLURM job id")
+            elif job_id in (queue or {}):
+                state = queue[job_id]
+                out[name] = (base.RUNNING if state in RUNNING else base.PENDING if state in PENDING else base.FAILED,
+                             state)
+            elif queue is None:
+                out[name] = (base.PENDING, "squeue unavailable; no result yet")
+            else:
+                out[name] = (base.FAILED, base.error_note(sweep_dir, name, since=rec.get("time", 0.0))
+                             or _submitit_error(sweep_dir, job_id)
+                             or "ended without a result (cancelled, or its dependency failed)")
+        return out
+
+
+def squeue_states() -> dict[str, str] | None:
+    """job id (array tasks as <array>_<task>) -> SLURM state; None where squeue does not answer."""
+    if not shutil.which("squeue"):
+        return None
+    try:
+        res = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:
+        return None
+    return dict(line.split()[:2] for line in res.stdout.splitlines() if len(line.split()) >= 2)
+
+
+def _submitit_error(sweep_dir: Path, job_id: str) -> str:
+    """What went wrong, from submitit's stderr log of the job (text), e.g. a time limit or an out-of-memory kill."""
+    path = Path(sweep_dir) / base.SUBMITIT_DIR / job_id / f"{job_id}_0_log.err"
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    line = base.last_error_line(text[-20000:])
+    return line if "rror" in line or "CANCELLED" in line or "Exception" in line else ""
+
+
+def slurm_parameters(cfg: SlurmConfig) -> dict:
+    """The sweep config's SLURM section as submitit parameters: the one place that knows the cluster."""
+    params = dict(timeout_min=cfg.timeout_min, cpus_per_task=cfg.cpus_per_task, tasks_per_node=1, nodes=1,
+                  slurm_array_parallelism=cfg.array_parallelism)
+    if cfg.gpus_per_node:
+        params["gpus_per_node"] = cfg.gpus_per_node
+    if cfg.mem_gb:
+        params["mem_gb"] = cfg.mem_gb
+    if cfg.partition:
+        params["slurm_partition"] = cfg.partition
+    if cfg.account:
+        params["slurm_account"] = cfg.account
+    if cfg.qos:
+        params["slurm_qos"] = cfg.qos
+    if cfg.additional:
+        params["slurm_additional_parameters"] = dict(cfg.additional)
+    if cfg.setup:
+        params["slurm_setup"] = list(cfg.setup)
+    return params
+
+
+def check_additional(cfg: SlurmConfig) -> None:
+    """submitit passes slurm_additional_parameters through unchecked; refuse ones that shadow named settings."""
+    named = {k.removeprefix("slurm_") for k in slurm_parameters(cfg)} | {
+        "partition", "account", "qos", "time", "gres", "gpus", "cpus_per_task", "mem", "array", "dependency",
+        "output", "error", "job_name", "signal", "requeue"}
+    for key in cfg.additional:
+        if key.replace("-", "_") in named:
+            raise cfglib.ConfigError(f"executor.slurm.additional.{key}: set by grainsweep or by its own key in "
+                                     "executor.slurm")
