@@ -33,9 +33,11 @@ import numpy as np
 from core.format import derived as dlib
 from core.format import hierarchy as hlib
 from core.format import kmeans as kmeans_lib
+from core.format.lock import FolderLock, LockedError
 from core.format.provenance import write_atomic
 
 SPLITS = ("train", "val")
+REGISTER_WAIT_S = 90  # another derive registering (seconds) or a convert publishing holds the folder
 PIXEL_SIZE = 8  # side in pixels of the downscaled images used as 'pixels' features (8 x 8 x 3 = 192 values)
 
 # split -> (index values, (N, D) features); or a callable that computes them for a split, called only when
@@ -241,6 +243,22 @@ def _existing(data_dir: Path, h: hlib.Hierarchy, name: str, kind: str, params: d
 def _write(data_dir: Path, h: hlib.Hierarchy, name: str, kind: str, params: dict, classes: list[str],
            titles: list[str], tables: dict[str, np.ndarray], parent_level: str | None = None,
            parent_of_class: list[int] | None = None, leaf_to_class: list[int] | None = None) -> Derived:
+    try:
+        with FolderLock(data_dir, what=f"derive {name}", wait_s=REGISTER_WAIT_S):
+            # hierarchy.json as it is now: another derive may have registered a level (even this one) since `h`
+            h = hlib.load(data_dir)
+            done = _existing(data_dir, h, name, kind, params)
+            if done is not None:
+                return done
+            return _write_locked(data_dir, h, name, kind, params, classes, titles, tables, parent_level,
+                                 parent_of_class, leaf_to_class)
+    except LockedError as e:
+        raise dlib.DerivedError(f"{e}; {name!r} was not registered, run the same command again later") from None
+
+
+def _write_locked(data_dir: Path, h: hlib.Hierarchy, name: str, kind: str, params: dict, classes: list[str],
+                  titles: list[str], tables: dict[str, np.ndarray], parent_level: str | None,
+                  parent_of_class: list[int] | None, leaf_to_class: list[int] | None) -> Derived:
     out = data_dir / dlib.DIR_NAME
     out.mkdir(exist_ok=True)
     pid = os.getpid()

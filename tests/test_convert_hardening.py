@@ -80,3 +80,51 @@ def test_damaged_dataset_is_not_up_to_date(dataset, capsys, damage):
     assert cli([*TINY, "--out", str(dataset), "--force"]) == 0
     assert cli([*TINY, "--out", str(dataset)]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+# concurrent writers
+def _grainsweep(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "launch.cli", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_concurrent_derives_all_register(dataset):
+    from core.format import hierarchy as hlib
+
+    groups = [2, 3, 4]
+    procs = [_grainsweep("derive", "random", str(dataset), "--groups", str(g)) for g in groups]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(groups), outs
+    assert sorted(hlib.load(dataset).derived) == sorted(f"random{g}_seed0" for g in groups)
+    assert not Path(str(dataset) + ".lock").exists()
+
+
+def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        assert proc.poll() is None, f"the first conversion ended before {what}: {proc.communicate()}"
+        assert time.time() < deadline, f"never saw {what}"
+        time.sleep(0.05)
+
+
+def test_concurrent_converts_other_inputs_refused_same_inputs_wait(tmp_path, capsys):
+    out = tmp_path / "ds"
+    first = [*TINY, "--out", str(out), "--set", "synthetic.train_per_leaf=200"]
+    proc = _grainsweep(*first)
+    try:
+        _wait_for(lambda: (tmp_path / "ds.lock").exists(), proc, "its lock")
+        # other inputs into the folder being written: refused at once, one line naming the folder and the owner
+        assert cli([*TINY, "--out", str(out), "--set", "synthetic.seed=7"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(out) in err and f"pid {proc.pid}" in err
+        # the same conversion waits for the first and finds its result
+        assert cli(first) == 0
+        assert "up to date" in capsys.readouterr().out
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert json.loads((out / "manifest.json").read_text())["inputs"]["synthetic"]["train_per_leaf"] == 200
+    assert not (tmp_path / "ds.lock").exists()
