@@ -8,6 +8,7 @@ whose rejected rows were left out), else i; so a row can always be traced back (
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from dataclasses import dataclass
 from multiprocessing import Queue, Value
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.format.hierarchy import Hierarchy
+from data_tools import workers
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,9 @@ def _checked_writer_class() -> type:
             allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
             worker_args = (workqueue, self.metadata_sm, self.metadata_type, self.fields, allocator, done_number,
                            allocations_queue, *extra_worker_args)
-            processes = [Process(target=work_fn, args=worker_args, daemon=True) for _ in range(self.num_workers)]
+            # workers die with this process (a SIGKILLed conversion left them running: data_tools/workers.py)
+            processes = [Process(target=workers.run_worker, args=(os.getpid(), work_fn, *worker_args), daemon=True)
+                         for _ in range(self.num_workers)]
             for p in processes:
                 p.start()
             allocation_list = []
@@ -147,6 +151,8 @@ def _checked_writer_class() -> type:
                             progress.update(val - previous)
                         previous = val
                         failed = [p for p in processes if p.exitcode not in (None, 0)]
+                        if any(p.exitcode == workers.DISK_FULL_EXIT for p in failed):
+                            raise OSError(errno.ENOSPC, f"writing {self.fname}: no space left on device")
                         if failed:
                             raise RuntimeError(f"writing {self.fname}: a writer process exited with code "
                                                f"{failed[0].exitcode} (its traceback is printed above)")

@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from data_tools.workers import die_with_parent
+
 BACKGROUND = 255  # value of the white that alpha is composited on
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
@@ -110,7 +112,8 @@ def check_all(paths: Sequence[str | os.PathLike], max_side: int | None, workers:
         else:
             # fork: workers share the parent's imports; chunks amortise the IPC of one small result per image
             chunk = max(1, min(256, len(tasks) // (workers * 8)))
-            with get_context("fork").Pool(workers) as pool:
+            # and die with this process if it is killed (data_tools/workers.py)
+            with get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 out = []
                 for r in pool.imap(_reason_task, tasks, chunksize=chunk):
                     out.append(r)

@@ -84,8 +84,8 @@ def test_damaged_dataset_is_not_up_to_date(dataset, capsys, damage):
 
 # concurrent writers
 def _grainsweep(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "launch.cli", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    kw = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kw}
+    return subprocess.Popen([sys.executable, "-m", "launch.cli", *args], cwd=REPO, text=True, **kw)
 
 
 def test_concurrent_derives_all_register(dataset):
@@ -128,3 +128,46 @@ def test_concurrent_converts_other_inputs_refused_same_inputs_wait(tmp_path, cap
     assert proc.returncode == 0
     assert json.loads((out / "manifest.json").read_text())["inputs"]["synthetic"]["train_per_leaf"] == 200
     assert not (tmp_path / "ds.lock").exists()
+
+
+# a killed conversion leaves no worker behind
+def _many_images(root: Path, n: int) -> Path:
+    """A CSV source of n small distinct PNGs in 4 leaves under 2 classes."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "im").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = ["path,leaf,group"]
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / "im" / f"{i}.png")
+        lines.append(f"im/{i}.png,l{i % 4},g{i % 2}")
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    return root / "train.csv"
+
+
+@pytest.mark.parametrize("stage", ["pre-pass", "writer"])
+def test_sigkill_of_a_conversion_leaves_no_worker_alive(tmp_path, stage):
+    import psutil
+
+    out = tmp_path / "ds"
+    if stage == "writer":
+        args = [*TINY, "--out", str(out), "--set", "synthetic.train_per_leaf=400", "--set", "workers=2"]
+        started = lambda: (any(tmp_path.glob(".ds.partial-*/.train.beton.tmp"))  # noqa: E731
+                           and len(psutil.Process(proc.pid).children()) >= 2)
+    else:
+        args = ["convert", "csv", str(_many_images(tmp_path / "src", 3000)), "--out", str(out), "--workers", "2"]
+        started = lambda: len(psutil.Process(proc.pid).children()) >= 2  # noqa: E731 - the pool is up
+    proc = _grainsweep(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(started, proc, f"the {stage}")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 2
+    finally:
+        proc.kill()  # SIGKILL to the parent only: its workers must notice by themselves
+        proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    survivors = [(p.pid, p.cmdline()) for p in alive]
+    for p in alive:  # not left behind by a failing test either
+        p.kill()
+    assert not survivors
