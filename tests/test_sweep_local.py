@@ -14,7 +14,7 @@ import pytest
 from core.format import run_folder
 from core.format import config as cfglib
 from launch import plan as planlib, report, status, sweep, sweep_config
-from launch.executors import records
+from launch.executors.records import JOBS_FILE
 from launch.cli import main as cli
 
 
@@ -90,10 +90,10 @@ def test_local_run_finishes_everything_in_dependency_order(finished):
 
 def test_rerun_submits_nothing(finished, capsys):
     cfg, plan, _, root = finished
-    before = (root / "sw" / records.JOBS_FILE).read_text()
+    before = (root / "sw" / JOBS_FILE).read_text()
     plan2, records = sweep.run_sweep(cfg, root / "sw", executor="local")
     assert records == [] and [j.name for j in plan2.jobs] == [j.name for j in plan.jobs]
-    assert (root / "sw" / records.JOBS_FILE).read_text() == before
+    assert (root / "sw" / JOBS_FILE).read_text() == before
     assert "0 to run" in capsys.readouterr().out
     # a changed setting is a new run folder for what it touches only
     plan3 = planlib.plan_sweep(tiny_sweep(root / "data", "transfer.set=[train.epochs=2]"), root / "sw")
@@ -198,7 +198,7 @@ def test_bad_config_fails_before_submission(finished, tmp_path, capsys, sets, ke
     assert cli(args) == 2
     err = capsys.readouterr().err
     assert key in err, err
-    assert not (tmp_path / "sw" / records.JOBS_FILE).exists() and not (tmp_path / "sw" / "runs").exists()
+    assert not (tmp_path / "sw" / JOBS_FILE).exists() and not (tmp_path / "sw" / "runs").exists()
 
 
 def test_sweep_config_file_and_packaged_default(tmp_path):

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from core.format import run_folder
-from launch import report, status, sweep
-from launch.executors import records
+from launch import executors, report, status, sweep
+from launch.executors.records import JOBS_FILE
+from launch.executors.slurm import SlurmExecutor
+from launch.plan import plan_sweep, prepare
 from launch.jobs import read_starts
 from tests.slurm_cluster import job_field, slurm_cluster, wait_for  # noqa: F401
 from tests.test_sweep_local import tiny_sweep
@@ -70,9 +72,9 @@ def test_sweep_on_slurm_arrays_afterok_rerun(slurm_cluster, tmp_path):  # noqa: 
         assert len(list(csv.DictReader(f))) == 4  # scratch + 3 pretraining levels (linear)
 
     # a rerun submits nothing (no new sbatch: jobs.json unchanged)
-    before = (out / records.JOBS_FILE).read_text()
+    before = (out / JOBS_FILE).read_text()
     _, again = sweep.run_sweep(cfg, out, executor="slurm")
-    assert again == [] and (out / records.JOBS_FILE).read_text() == before
+    assert again == [] and (out / JOBS_FILE).read_text() == before
 
 
 def _epochs_logged(run_dir: Path) -> list[int]:
@@ -132,3 +134,27 @@ def test_interrupted_sweep_job_is_requeued_and_resumes(slurm_cluster, tmp_path, 
     assert read_starts(transfer)[0]["time"] >= (run_dir / run_folder.RESULT_FILE).stat().st_mtime - 1.0
     log = "".join(p.read_text(errors="replace") for p in (out / "submitit").glob(f"{job_id}*/*_log.err"))
     assert ("this job is timed-out" if timeout else "this job is preempted") in log, log[-3000:]
+
+
+def test_auto_picks_the_live_cluster_and_a_failed_job_is_read_as_text(slurm_cluster, tmp_path):  # noqa: F811
+    # the controller answers, so `auto` is SLURM; a job that fails (a transfer submitted without its pretraining
+    # run) is "failed" with its error line, read from the run's error log (text), not from submitit's pickle
+    assert SlurmExecutor.unavailable() is None
+    cfg = tiny_sweep(tmp_path / "data", "seeds=[0]", "pretrain_levels=[superclass]", "scratch.enabled=false",
+                     "clustering.enabled=false",
+                     f"executor.slurm={{partition: {slurm_cluster.partition}, cpus_per_task: 1, timeout_min: 10}}")
+    out = tmp_path / "sw"
+    ex = executors.resolve("auto", cfg.executor, out)
+    assert isinstance(ex, SlurmExecutor)
+    prepare(cfg)
+    plan = plan_sweep(cfg, out)
+    plan.save()
+    transfer = next(j for j in plan.jobs if j.kind == "transfer")
+    recs = ex.submit(plan, [transfer])
+    try:
+        rows = {r["name"]: r for r in status.wait(out, timeout_s=240, poll_s=1.0)}
+    finally:
+        subprocess.run(["scancel", *recs[0]["jobs"].values()], capture_output=True)
+    row = rows[transfer.name]
+    assert row["state"] == "failed" and row["job_id"] == recs[0]["jobs"][transfer.name], row
+    assert row["note"].startswith("RuntimeError") and "has not finished" in row["note"], row
