@@ -1,4 +1,4 @@
-"""The job a sweep runs: one run of core (pretraining, transfer, scratch or clustering), requeueable on SLURM.
+"""The job a sweep runs: one run of core, as its sweep arm runs it (launch/arms/), requeueable on SLURM.
 
 `RunJob` is a submitit Checkpointable: on a preemption or timeout signal submitit calls `checkpoint()`, which
 returns the same call with resume=True; SLURM requeues it and train_run continues from the run folder's newest
@@ -18,6 +18,7 @@ from pathlib import Path
 import submitit
 
 from core.format import run_folder
+from launch import arms
 from launch.plan import JobSpec
 
 
@@ -25,10 +26,6 @@ class RunJob(submitit.helpers.Checkpointable):
     def __call__(self, spec: JobSpec, resume: bool = False) -> dict:
         # one compile cache for every job of the sweep, so reruns and requeues do not recompile
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(spec.cache_dir)
-        from core.format import config as cfglib
-        from core.train import run as train_run, transfer
-        from core.train.run_config import RunConfig
-
         run_dir = Path(spec.run_dir)
         if run_folder.is_done(run_dir):
             return json.loads((run_dir / run_folder.RESULT_FILE).read_text())
@@ -36,21 +33,9 @@ class RunJob(submitit.helpers.Checkpointable):
         # (the sweep owns the folder: anything in it was written by an earlier start of this job)
         resume = resume or (run_dir.is_dir() and any(run_dir.iterdir()))
         _log_start(spec, resume)
-        cfg = cfglib.parse(RunConfig, spec.config)
-        if spec.kind in ("transfer", "cluster") and not run_folder.is_done(spec.source):
+        if spec.source and not run_folder.is_done(spec.source):
             raise RuntimeError(f"{spec.name}: its pretraining run {spec.source} has not finished")
-        if spec.kind == "cluster":  # k-means on the source's frozen features; nothing to resume
-            from core.methods import cluster_run
-
-            return cluster_run.cluster_into(spec.source, run_dir)
-        if spec.kind == "transfer" and spec.mode == "select":  # full fine-tuning + selected pretraining data
-            from core.methods.select_transfer import SelectConfig, finetune_selected
-
-            select = cfglib.parse(SelectConfig, spec.options)
-            return finetune_selected(spec.source, cfg, run_dir, select, mode="full", resume=resume)
-        if spec.kind == "transfer":
-            return transfer.finetune(spec.source, cfg, run_dir, mode=spec.mode, resume=resume)
-        return train_run.run(cfg, run_dir, resume=resume)
+        return arms.runner(spec.kind, spec.mode, spec.arm).run(spec, run_dir, resume)
 
     def checkpoint(self, spec: JobSpec, resume: bool = False) -> submitit.helpers.DelayedSubmission:
         # nothing to save here: train_run checkpoints every `train.checkpoint_every` epochs

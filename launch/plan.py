@@ -1,34 +1,34 @@
 """Planning a sweep: which runs exist, their resolved configs, their folders, and which stage each belongs to.
 
-Stage 1: one pretraining run per (pretraining level, seed), plus the scratch baseline per seed; with
-`multilevel.enabled` one more per seed, at the finest pretraining level with one head per level (semantic softmax).
-Stage 2: one transfer per (pretraining run, mode; mode 'select' adds selected pretraining data), and with
-`clustering.enabled` one clustering evaluation per
-pretraining run (k-means on its frozen features, core/methods/cluster_run.py), each starting only after its pretraining
-run succeeded.
+Two steps: `prepare(cfg)` converts the synthetic dataset (when `dataset.synthetic_preset` is set) and checks the
+model by building it once; `plan_sweep(cfg, sweep_dir)` then only reads (the dataset's hierarchy.json and
+manifest.json) and asks every sweep arm (launch/arms/) for its jobs: stage-1 arms plan the pretraining runs and
+the scratch baseline, stage-2 arms the transfers and clustering jobs that start from a finished pretraining run.
 
-A run's folder is named `<kind>-<level>[-<mode>]-s<seed>-<hash>`, the hash over its resolved RunConfig, its kind,
-and for a transfer or clustering job the source run's folder name (and the mode). A clustering job's config is
-its pretraining run's; its folder holds only result.json (the metrics; the source gets clustering.json too).
-The same settings always map to the same folder, so rerunning a sweep finds finished runs (result.json) and
-skips them; changed settings get new folders.
-Everything that can be checked without training is checked here, before anything is submitted.
+A run's folder is named `<kind>-[<arm>-]<level>[-<mode>]-s<seed>-<hash>`, the hash over its resolved RunConfig,
+its kind, and for a job with a source run that run's folder name (and the mode, and the arm's options). The same
+settings always map to the same folder, so rerunning a sweep finds finished runs (result.json) and skips them;
+changed settings get new folders. Everything that can be checked without training is checked before anything
+is submitted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.format import config as cfglib
 from core.format import hierarchy as hlib
-from core.train.run_config import RunConfig
+from core.train.run_config import RunConfig, TrainConfig
+from launch import arms
+from launch import plan_checks as checks
+from launch.arms.base import SOURCE_KIND, Arm
 from launch.sweep_config import SweepConfig
 
 PLAN_FILE = "plan.json"
-_ABSENT = object()
 RUNS_DIR = "runs"
 LOGS_DIR = "logs"
 CACHE_DIR = "inductor-cache"  # TORCHINDUCTOR_CACHE_DIR of every job: reruns reuse compiled graphs
@@ -36,7 +36,7 @@ CACHE_DIR = "inductor-cache"  # TORCHINDUCTOR_CACHE_DIR of every job: reruns reu
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One run of a sweep: everything a job needs, as plain data (pickled into SLURM jobs)."""
+    """One run of a sweep: everything a job needs, as typed objects (pickled into SLURM jobs)."""
 
     name: str  # run folder name under <sweep>/runs
     kind: str  # pretrain | transfer | scratch | cluster
@@ -44,13 +44,21 @@ class JobSpec:
     level: str  # the level this run trains on (cluster: its pretraining level)
     pretrain_level: str  # the level its weights were pretrained on ('' for scratch)
     seed: int
-    run_dir: str  # absolute
-    config: dict  # resolved RunConfig as plain data
-    sweep_dir: str  # absolute
-    source: str = ""  # transfer, cluster: the pretraining run folder (absolute)
+    config: RunConfig  # resolved
+    sweep_dir: str  # absolute: the folder the plan was made for or loaded from
+    source_name: str = ""  # a stage-2 job: its pretraining run's folder name
     mode: str = ""  # transfer: full | linear | select
-    arm: str = ""  # '' = single-level pretraining; 'multilevel' = semantic-softmax pretraining (and what follows it)
-    options: dict = field(default_factory=dict)  # mode 'select': core.methods.select_transfer.SelectConfig as plain data
+    arm: str = ""  # the stage-1 arm it comes from: '' = single-level pretraining (and scratch), 'multilevel'
+    options: Any = None  # its arm's own settings (an instance of launch.arms.runner(...).options); None = none
+
+    @property
+    def run_dir(self) -> str:
+        return str(Path(self.sweep_dir) / RUNS_DIR / self.name)
+
+    @property
+    def source(self) -> str:
+        """The source run's folder ('' for none)."""
+        return str(Path(self.sweep_dir) / RUNS_DIR / self.source_name) if self.source_name else ""
 
     @property
     def log_file(self) -> Path:
@@ -59,6 +67,25 @@ class JobSpec:
     @property
     def cache_dir(self) -> Path:
         return Path(self.sweep_dir) / CACHE_DIR
+
+    def to_dict(self) -> dict:
+        """plan.json's entry: folders relative to the sweep folder, so a moved sweep folder still works."""
+        return {"name": self.name, "kind": self.kind, "stage": self.stage, "level": self.level,
+                "pretrain_level": self.pretrain_level, "seed": self.seed, "run_dir": f"{RUNS_DIR}/{self.name}",
+                "config": cfglib.to_dict(self.config),
+                "source": f"{RUNS_DIR}/{self.source_name}" if self.source_name else "", "mode": self.mode,
+                "arm": self.arm, "options": cfglib.to_dict(self.options) if self.options is not None else {}}
+
+    @classmethod
+    def from_dict(cls, d: dict, sweep_dir: Path) -> JobSpec:
+        """An entry of plan.json, new or from before relative paths (absolute run_dir, source and sweep_dir:
+        only the folder names are kept, the folders are those under `sweep_dir`)."""
+        schema = arms.runner(d["kind"], d.get("mode", ""), d.get("arm", "")).options
+        options = cfglib.parse(schema, d["options"], "options") if schema is not None and d.get("options") else None
+        return cls(d["name"], d["kind"], d["stage"], d["level"], d["pretrain_level"], d["seed"],
+                   cfglib.parse(RunConfig, d["config"], "config"), str(sweep_dir),
+                   source_name=Path(d["source"]).name if d.get("source") else "", mode=d.get("mode", ""),
+                   arm=d.get("arm", ""), options=options)
 
 
 @dataclass
@@ -74,7 +101,7 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "target_level": self.target_level, "classes": self.classes,
-                "jobs": [asdict(j) for j in self.jobs]}
+                "jobs": [j.to_dict() for j in self.jobs]}
 
     def save(self) -> None:
         from core.format import provenance
@@ -84,31 +111,47 @@ class Plan:
 
 
 def load_plan(sweep_dir: str | Path) -> Plan:
-    sweep_dir = Path(sweep_dir)
+    """The plan saved in `sweep_dir`; its runs are the folders under `sweep_dir`, wherever it was planned."""
+    sweep_dir = Path(sweep_dir).resolve()
     path = sweep_dir / PLAN_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{sweep_dir}: no {PLAN_FILE}; is this a folder written by 'grainsweep sweep'?")
     d = json.loads(path.read_text())
-    return Plan(sweep_dir, d["dataset"], d["target_level"], d["classes"], [JobSpec(**j) for j in d["jobs"]])
+    return Plan(sweep_dir, d["dataset"], d["target_level"], d["classes"],
+                [JobSpec.from_dict(j, sweep_dir) for j in d["jobs"]])
 
 
-# RunConfig fields added after sweeps were already being run, with their defaults: a field at its default is left
-# out of the hash, so runs planned before the field existed keep their folders (and are skipped, not rerun)
+# Run folders keep their names when RunConfig grows or changes a default that does not change the run:
+# fields added after sweeps were already being run, at these values, are left out of the hash (as in runs planned
+# before the field existed); data.resident=true is another run and hashed as it is
 LATER_FIELDS = {("data", "resident"): False, ("data", "resident_max_gb"): 8.0}
+# fields that do not change what a run computes, hashed at a fixed value whatever theirs: keep_checkpoints only
+# decides how many checkpoint files stay on disk (hashed as 1, its default when the first sweeps were named)
+FIXED_FIELDS = {("train", "keep_checkpoints"): 1}
 
 
-def run_hash(config: dict, kind: str, source: str = "", mode: str = "", options: dict | None = None) -> str:
-    config = {section: {k: v for k, v in values.items() if LATER_FIELDS.get((section, k), _ABSENT) != v}
-              if isinstance(values, dict) else values for section, values in config.items()}
-    d = {"config": config, "kind": kind, "source": source, "mode": mode}
-    if options:  # only where there are some, so folders planned before `options` existed keep their names
-        d["options"] = options
+def hashed_config(config: RunConfig) -> dict:
+    """The config as the run hash sees it: LATER_FIELDS at their defaults left out, FIXED_FIELDS at their value."""
+    return {section: {k: FIXED_FIELDS.get((section, k), v) for k, v in values.items()
+                      if (section, k) not in LATER_FIELDS or LATER_FIELDS[section, k] != v}
+            for section, values in cfglib.to_dict(config).items()}
+
+
+def run_hash(config: RunConfig, kind: str, source: str = "", mode: str = "", options: Any = None) -> str:
+    """10 hex digits over the resolved config, the kind, the source run's folder name, the mode and options."""
+    d = {"config": hashed_config(config), "kind": kind, "source": source, "mode": mode}
+    if options is not None:  # only where there are some, so folders planned before `options` existed keep their names
+        d["options"] = cfglib.to_dict(options)
     blob = json.dumps(d, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def ensure_dataset(cfg: SweepConfig) -> Path:
-    """The dataset folder; the synthetic one is converted first when `dataset.synthetic_preset` is set."""
+# preparing: the one step that writes (the synthetic dataset) or builds a model
+def prepare(cfg: SweepConfig) -> Path:
+    """Converts the synthetic dataset when `dataset.synthetic_preset` is set (convert-once: an identical one
+    already there is reused) and builds the model once on the CPU; returns the dataset folder. Run before
+    plan_sweep; raises ConfigError naming the key at fault."""
+    checks.check_run(cfg)
     path = Path(cfg.dataset.path).resolve()
     if cfg.dataset.synthetic_preset:
         from data_tools import convert_synthetic
@@ -116,119 +159,98 @@ def ensure_dataset(cfg: SweepConfig) -> Path:
         conv = convert_synthetic.load_config(cfg.dataset.synthetic_preset, None, list(cfg.dataset.synthetic_set))
         _, built = convert_synthetic.convert(path, conv)
         print(f"dataset {path}: {'converted' if built else 'already converted'}", flush=True)
-    elif not path.is_dir():
+    data = _dataset(cfg)
+    h = hlib.load(data)
+    _, levels = checks.levels(cfg, h, data)
+    checks.check_model(cfg.run, h.level(levels[0]).num_classes)
+    return data
+
+
+def _dataset(cfg: SweepConfig) -> Path:
+    path = Path(cfg.dataset.path).resolve()
+    if not path.is_dir():
         raise cfglib.ConfigError(f"dataset.path={cfg.dataset.path!r}: no such dataset folder (set "
-                                 "dataset.synthetic_preset to generate the synthetic one)")
+                                 "dataset.synthetic_preset to generate the synthetic one; `grainsweep sweep` "
+                                 "converts it first)")
     for name in ("train.beton", "val.beton", hlib.FILENAME):
         if not (path / name).is_file():
             raise cfglib.ConfigError(f"dataset.path={cfg.dataset.path!r}: missing {name}")
     return path
 
 
+# planning: reads only
 def plan_sweep(cfg: SweepConfig, sweep_dir: str | Path) -> Plan:
-    """Checks the sweep against its dataset and lists its runs. Raises ConfigError naming the key at fault."""
-    sweep_dir = Path(sweep_dir).resolve()
-    for key, value, default in (("run.data.path", cfg.run.data.path, RunConfig().data.path),
-                                ("run.data.level", cfg.run.data.level, "")):
-        if value != default:
-            raise cfglib.ConfigError(f"{key}={value!r}: the sweep sets it per job (use dataset.path, "
-                                     "pretrain_levels and target_level)")
-    data = ensure_dataset(cfg)
+    """Checks the sweep against its (prepared) dataset and lists its runs. Raises ConfigError naming the key."""
+    checks.check_run(cfg)
+    data = _dataset(cfg)
     h = hlib.load(data)
+    target, levels = checks.levels(cfg, h, data)
+    checks.check_batch_size(cfg, data)
+    transfer_set = checks.parse_sets("transfer.set", cfg.transfer.set, ("model.name", "model.kwargs", "data.path",
+                                                                   "data.level"))
+    scratch_set = checks.parse_sets("scratch.set", cfg.scratch.set, ("data.path", "data.level"))
+    ctx = PlanContext(cfg, Path(sweep_dir).resolve(), data, h, target, tuple(levels), transfer_set, scratch_set)
+    # fail on a bad override before planning anything, naming the list it is in
+    ctx.transfer_config(cfg.seeds[0])
+    ctx.run_config(target, cfg.seeds[0], ctx.single_head, transfer_set, scratch_set, key="scratch.set")
 
-    # levels
-    target = cfg.target_level or h.names[-1]
-    if target not in h.names:
-        raise cfglib.ConfigError(f"target_level={target!r} is not a level of {data}; its levels are {h.names}")
-    levels = list(cfg.pretrain_levels) or h.names[:h.index(target) + 1]
-    for i, lv in enumerate(levels):
-        if lv not in h.names:
-            raise cfglib.ConfigError(f"pretrain_levels[{i}]={lv!r} is not a level of {data}; its levels are "
-                                     f"{h.names}")
-        if h.index(lv) > h.index(target):
-            raise cfglib.ConfigError(f"pretrain_levels[{i}]={lv!r} is coarser than target_level={target!r}; "
-                                     "transfer goes from finer (or equal) levels to the target")
-    if target not in levels:  # the baseline "pretrain directly on the target level"
-        levels.append(target)
-    levels = sorted(dict.fromkeys(levels), key=h.index)
+    jobs = [j for a in arms.ARMS if a.stage == 1 for j in a.plan(ctx, [])]
+    sources = [j for j in jobs if j.kind == SOURCE_KIND]
+    jobs += [j for a in arms.ARMS if a.stage == 2 for j in a.plan(ctx, sources)]
+    modes = list(cfg.transfer.modes)
+    # by stage, pretraining runs first, then finest pretraining level first; a run's transfers in the order of
+    # transfer.modes, its clustering job last
+    jobs.sort(key=lambda j: (j.stage, j.kind != SOURCE_KIND, h.index(j.pretrain_level or target), j.arm, j.seed,
+                             modes.index(j.mode) if j.mode in modes else len(modes)))
+    return Plan(ctx.sweep_dir, str(data), target, {lv.name: lv.num_classes for lv in h.levels}, jobs)
 
-    # configs
-    run_base = cfglib.to_dict(cfg.run)
-    for key, sets, fixed in (("transfer.set", cfg.transfer.set, ("model.name", "model.kwargs", "data.path",
-                                                                    "data.level")),
-                             ("scratch.set", cfg.scratch.set, ("data.path", "data.level"))):
-        bad = [s for s in sets if s.split("=", 1)[0].strip() in fixed]
-        if bad:
-            raise cfglib.ConfigError(f"{key}: {bad[0]!r} cannot be changed here ({', '.join(fixed)} are fixed: "
-                                     "a transfer keeps the pretrained model, the sweep sets the data)")
 
-    def resolved(level: str, seed: int, *sets: str, key: str = "run") -> dict:
+@dataclass(frozen=True)
+class PlanContext:
+    """What the arms plan from: the sweep config, its dataset, and the settings every arm shares."""
+
+    cfg: SweepConfig
+    sweep_dir: Path  # absolute
+    data: Path  # the dataset folder, absolute
+    hierarchy: hlib.Hierarchy
+    target: str
+    levels: tuple[str, ...]  # the pretraining levels asked for, finest first (the target may be missing)
+    transfer_set: dict[str, Any]  # transfer.set, parsed: dotted key -> value
+    scratch_set: dict[str, Any]
+    # transfers and scratch runs train one head, whatever objective the pretraining runs use: the schema's
+    # defaults of the objective settings are single-head training
+    single_head: dict[str, Any] = field(default_factory=lambda: {
+        f"train.{k}": getattr(TrainConfig(), k) for k in ("objective", "objective_levels", "objective_weights")})
+
+    def classes(self, level: str) -> int:
+        return self.hierarchy.level(level).num_classes
+
+    def run_config(self, level: str, seed: int, *changes: dict[str, Any], key: str = "run") -> RunConfig:
+        """`run` for one job: the dataset, `level` and `seed` set, then `changes` in order."""
+        values = {"data.path": str(self.data), "data.level": level, "train.seed": seed}
+        for c in changes:
+            values.update(c)
         try:
-            c = cfglib.load(RunConfig, None, [f"data.path={data}", f"data.level={level}",
-                                              f"train.seed={seed}", *sets], base=run_base)
+            return cfglib.with_values(self.cfg.run, values)
         except cfglib.ConfigError as e:
             raise cfglib.ConfigError(f"{key}: {e}") from None
-        return cfglib.to_dict(c)
 
-    _check_model(cfg.run, h.level(levels[0]).num_classes)
-    _check_batch_size(cfg, data)
-    plan = Plan(sweep_dir, str(data), target, {lv.name: lv.num_classes for lv in h.levels})
-    runs = sweep_dir / RUNS_DIR
-    common = dict(sweep_dir=str(sweep_dir))
-    # transfers and scratch runs train one head, whatever objective the pretraining runs use
-    single = ("train.objective=single", "train.objective_levels=[]", "train.objective_weights=ridnik")
-    multilevel = ("train.objective=semantic_softmax", f"train.objective_weights={cfg.multilevel.weights}")
-    for seed in cfg.seeds:
-        arms = [(lv, "", resolved(lv, seed)) for lv in levels]
-        if cfg.multilevel.enabled:
-            arms.append((levels[0], "multilevel", resolved(levels[0], seed, *multilevel, key="multilevel")))
-        for lv, arm, c in arms:
-            tag = f"{arm}-{lv}" if arm else lv
-            name = f"pretrain-{tag}-s{seed}-{run_hash(c, 'pretrain')}"
-            pre = JobSpec(name, "pretrain", 1, lv, lv, seed, str(runs / name), c, arm=arm, **common)
-            plan.jobs.append(pre)
-            for mode in cfg.transfer.modes:
-                t = resolved(target, seed, *single, *cfg.transfer.set, key="transfer.set")
-                options = _select_options(cfg, h.level(lv).num_classes) if mode == "select" else {}
-                tname = f"transfer-{tag}-{mode}-s{seed}-{run_hash(t, 'transfer', pre.name, mode, options)}"
-                plan.jobs.append(JobSpec(tname, "transfer", 2, target, lv, seed, str(runs / tname), t,
-                                         source=pre.run_dir, mode=mode, arm=arm, options=options, **common))
-            if cfg.clustering.enabled:
-                cname = f"cluster-{tag}-s{seed}-{run_hash(c, 'cluster', pre.name)}"
-                plan.jobs.append(JobSpec(cname, "cluster", 2, lv, lv, seed, str(runs / cname), c,
-                                         source=pre.run_dir, arm=arm, **common))
-        if cfg.scratch.enabled:
-            c = resolved(target, seed, *single, *cfg.transfer.set, *cfg.scratch.set, key="scratch.set")
-            name = f"scratch-{target}-s{seed}-{run_hash(c, 'scratch')}"
-            plan.jobs.append(JobSpec(name, "scratch", 1, target, "", seed, str(runs / name), c, **common))
-    plan.jobs.sort(key=lambda j: (j.stage, j.kind != "pretrain", h.index(j.pretrain_level or target), j.arm,
-                                  j.seed))
-    return plan
+    def transfer_config(self, seed: int) -> RunConfig:
+        """A transfer's config: `run` on the target level, one head, then `transfer.set`."""
+        return self.run_config(self.target, seed, self.single_head, self.transfer_set, key="transfer.set")
 
+    def job(self, arm: Arm, config: RunConfig, level: str, seed: int, pretrain_level: str,
+            source: JobSpec | None = None, mode: str = "", options: Any = None) -> JobSpec:
+        """A job of `arm`, named after its settings."""
+        family = source.arm if source is not None else arm.tag
+        src = source.name if source is not None else ""
+        tag = "-".join(x for x in (family, pretrain_level or level) if x)
+        digest = run_hash(config, arm.kind, src, mode, options)
+        name = "-".join(x for x in (arm.kind, tag, mode, f"s{seed}", digest) if x)
+        return JobSpec(name, arm.kind, arm.stage, level, pretrain_level, seed, config, str(self.sweep_dir),
+                       source_name=src, mode=mode, arm=family, options=options)
 
-def _select_options(cfg: SweepConfig, pretrain_classes: int) -> dict:
-    """SelectConfig of a 'select' transfer from a run pretrained on `pretrain_classes` classes, as plain data."""
-    sel = cfg.transfer.select
-    return {"k": min(sel.k, pretrain_classes), "lam": sel.lam, "batch_size": sel.batch_size}
-
-
-def _check_model(run: RunConfig, num_classes: int) -> None:
-    # building the model once on the CPU catches an unknown name or bad kwargs before any job is submitted
-    from core.models.build import build_model
-
-    try:
-        build_model(run.model.name, num_classes, run.data.resolution, **run.model.kwargs)
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise cfglib.ConfigError(f"run.model.name={run.model.name!r} / run.model.kwargs={run.model.kwargs}: "
-                                 f"{e}") from None
-
-
-def _check_batch_size(cfg: SweepConfig, data: Path) -> None:
-    # training drops the last partial batch: a batch larger than the training set would run no step at all
-    manifest = data / "manifest.json"
-    if not manifest.is_file():
-        return
-    n = json.loads(manifest.read_text()).get("splits", {}).get("train")
-    if isinstance(n, int) and cfg.run.data.batch_size > n:
-        raise cfglib.ConfigError(f"run.data.batch_size={cfg.run.data.batch_size} is larger than the training set "
-                                 f"of {data} ({n} images)")
+    def follow(self, arm: Arm, source: JobSpec, config: RunConfig, level: str, mode: str = "",
+               options: Any = None) -> JobSpec:
+        """A stage-2 job of `arm` starting from the pretraining run `source`."""
+        return self.job(arm, config, level, source.seed, source.pretrain_level, source, mode, options)

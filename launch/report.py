@@ -22,7 +22,8 @@ import statistics
 from pathlib import Path
 
 from core.format.run_folder import RESULT_FILE
-from launch.plan import Plan, load_plan
+from launch import arms
+from launch.plan import JobSpec, Plan, load_plan
 
 FIELDS = ("kind", "arm", "mode", "pretrain_level", "pretrain_classes", "target_level", "target_classes", "seeds",
           "acc_all_mean", "acc_all_std", "acc_hard_mean", "acc_hard_std")
@@ -38,9 +39,7 @@ def collect(plan: Plan) -> tuple[list[dict], list[str]]:
     groups: dict[tuple, list[dict]] = {}
     missing = []
     t = plan.target_level
-    for spec in plan.jobs:
-        if spec.kind not in ("transfer", "scratch"):
-            continue
+    for spec in _jobs(plan, "target"):
         key = (spec.kind, spec.mode, spec.pretrain_level, spec.arm)
         groups.setdefault(key, [])
         path = Path(spec.run_dir) / RESULT_FILE
@@ -58,7 +57,8 @@ def collect(plan: Plan) -> tuple[list[dict], list[str]]:
                      "target_classes": plan.classes[t], "seeds": len(runs),
                      "acc_all_mean": _mean(alls), "acc_all_std": _std(alls),
                      "acc_hard_mean": _mean(hards), "acc_hard_std": _std(hards)})
-    rows.sort(key=lambda r: (r["kind"] != "scratch", r["mode"], r["arm"], -r["pretrain_classes"]))
+    # the rows without pretraining (scratch) first; then by mode, arm, most pretraining classes first
+    rows.sort(key=lambda r: (r["pretrain_level"] != "", r["mode"], r["arm"], -r["pretrain_classes"]))
     return rows, missing
 
 
@@ -67,9 +67,9 @@ def collect_pretrained(plan: Plan) -> list[dict]:
     with its probabilities summed into the target's classes (core/train/metrics.py). One row per (level, arm)."""
     t = plan.target_level
     groups: dict[tuple[str, str], list[dict]] = {}
-    for spec in plan.jobs:
+    for spec in _jobs(plan, "pretrained"):
         path = Path(spec.run_dir) / RESULT_FILE
-        if spec.kind != "pretrain" or not path.is_file():
+        if not path.is_file():
             continue
         res = json.loads(path.read_text())
         if f"acc1/{t}" in res:
@@ -91,9 +91,7 @@ def collect_clustering(plan: Plan) -> tuple[list[dict], list[str]]:
     order = list(plan.classes)  # finest first
     groups: dict[tuple[str, str], list[dict]] = {}
     missing = []
-    for spec in plan.jobs:
-        if spec.kind != "cluster":
-            continue
+    for spec in _jobs(plan, "clustering"):
         path = Path(spec.run_dir) / RESULT_FILE
         if not path.is_file():
             missing.append(spec.name)
@@ -114,6 +112,11 @@ def collect_clustering(plan: Plan) -> tuple[list[dict], list[str]]:
     return rows, missing
 
 
+def _jobs(plan: Plan, table: str) -> list[JobSpec]:
+    """The jobs whose arm files its results under `table` (launch/arms/base.py: Arm.table)."""
+    return [j for j in plan.jobs if arms.runner(j.kind, j.mode, j.arm).table == table]
+
+
 def _mean(xs: list[float]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
@@ -129,7 +132,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Path]:
     cluster_rows, cluster_missing = collect_clustering(plan)
     out = {"csv": sweep_dir / "report.csv", "md": sweep_dir / "report.md", "png": sweep_dir / "report.png"}
     _write_csv(out["csv"], FIELDS, rows)
-    if any(j.kind == "cluster" for j in plan.jobs):
+    if _jobs(plan, "clustering"):
         out["clustering_csv"] = sweep_dir / "report-clustering.csv"
         _write_csv(out["clustering_csv"], CLUSTER_FIELDS, cluster_rows)
     md = _markdown(plan, rows, missing)
@@ -154,8 +157,11 @@ def _write_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
                         for k in fields})
 
 
-def _fmt(mean: float | None, std: float | None) -> str:
-    return "n/a" if mean is None else f"{100 * mean:.1f} ± {100 * (std or 0):.1f}"
+def _fmt(mean: float | None, std: float | None, seeds: int) -> str:
+    """A table cell in %: mean ± std over seeds; one seed has no spread to show, so just its value."""
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.1f}" if seeds < 2 else f"{100 * mean:.1f} ± {100 * (std or 0):.1f}"
 
 
 def _markdown(plan: Plan, rows: list[dict], missing: list[str]) -> str:
@@ -166,12 +172,10 @@ def _markdown(plan: Plan, rows: list[dict], missing: list[str]) -> str:
              "| setting | mode | pretraining level | pretraining classes | seeds | all | hard |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        setting = "no pretraining (scratch)" if r["kind"] == "scratch" else (
-            "multi-level pretraining (semantic softmax)" if r["arm"] == "multilevel" else
-            "pretrain on target" if r["pretrain_level"] == t else "pretrain finer")
+        setting = arms.origin(r["kind"], r["arm"]).setting(r["pretrain_level"], t)
         lines.append(f"| {setting} | {r['mode'] or '-'} | {r['pretrain_level'] or '-'} | "
-                     f"{r['pretrain_classes'] or '-'} | {r['seeds']} | {_fmt(r['acc_all_mean'], r['acc_all_std'])} "
-                     f"| {_fmt(r['acc_hard_mean'], r['acc_hard_std'])} |")
+                     f"{r['pretrain_classes'] or '-'} | {r['seeds']} | {_fmt(r['acc_all_mean'], r['acc_all_std'], r['seeds'])} "
+                     f"| {_fmt(r['acc_hard_mean'], r['acc_hard_std'], r['seeds'])} |")
     lines.append("")
     if missing:
         lines += [f"Missing ({len(missing)} runs without result.json): " + ", ".join(missing), ""]
@@ -186,9 +190,10 @@ def _pretrained_markdown(plan: Plan, rows: list[dict]) -> str:
              "prediction is about these features; the transfer table above shows how much of it a transfer keeps.",
              "", "| pretraining level (classes) | seeds | all | hard |", "|---|---|---|---|"]
     for r in rows:
-        arm = ", multi-level" if r["arm"] == "multilevel" else ""
-        lines.append(f"| {r['pretrain_level']}{arm} ({r['pretrain_classes']}) | {r['seeds']} | "
-                     f"{_fmt(r['acc_all_mean'], r['acc_all_std'])} | {_fmt(r['acc_hard_mean'], r['acc_hard_std'])} |")
+        arm = arms.origin(arms.SOURCE_KIND, r["arm"]).suffix
+        n = r["seeds"]
+        lines.append(f"| {r['pretrain_level']}{arm} ({r['pretrain_classes']}) | {n} | "
+                     f"{_fmt(r['acc_all_mean'], r['acc_all_std'], n)} | {_fmt(r['acc_hard_mean'], r['acc_hard_std'], n)} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -202,11 +207,10 @@ def _clustering_markdown(rows: list[dict], missing: list[str]) -> str:
              "| pretraining level (classes) | evaluated level (classes) | seeds | NMI | ARI | ACC |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        arm = ", multi-level" if r["arm"] == "multilevel" else ""
-        lines.append(f"| {r['pretrain_level']}{arm} ({r['pretrain_classes']}) | "
-                     f"{r['eval_level']} ({r['eval_classes']}) "
-                     f"| {r['seeds']} | " + " | ".join(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in CLUSTER_METRICS)
-                     + " |")
+        arm = arms.origin(arms.SOURCE_KIND, r["arm"]).suffix
+        cells = [_fmt(r[f"{m}_mean"], r[f"{m}_std"], r["seeds"]) for m in CLUSTER_METRICS]
+        lines.append(f"| {r['pretrain_level']}{arm} ({r['pretrain_classes']}) | {r['eval_level']} "
+                     f"({r['eval_classes']}) | {r['seeds']} | " + " | ".join(cells) + " |")
     lines.append("")
     if missing:
         lines += [f"Missing ({len(missing)} clustering jobs without result.json): " + ", ".join(missing), ""]
@@ -222,28 +226,27 @@ def _plot(plan: Plan, rows: list[dict], path: Path) -> None:
     t = plan.target_level
     chance = 1.0 / plan.classes[t]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    style = {id(r): arms.origin(r["kind"], r["arm"]).plot for r in rows}  # how each row's arm is drawn
     for ax, which, title in ((axes[0], "all", "all samples"), (axes[1], "hard", "hard samples")):
-        modes = sorted({r["mode"] for r in rows if r["kind"] == "transfer"})
-        for mode in modes:
-            pts = sorted((r for r in rows if r["kind"] == "transfer" and r["mode"] == mode and not r["arm"]
-                          and r[f"acc_{which}_mean"] is not None), key=lambda r: r["pretrain_classes"])
-            if pts:
-                ax.errorbar([r["pretrain_classes"] for r in pts], [r[f"acc_{which}_mean"] for r in pts],
-                            yerr=[r[f"acc_{which}_std"] for r in pts], marker="o", capsize=3,
-                            label=f"pretrain -> {t} ({mode})")
-                tgt = [r for r in pts if r["pretrain_level"] == t]
-                if tgt:  # the baseline "pretrain directly on the target level"
-                    ax.scatter([tgt[0]["pretrain_classes"]], [tgt[0][f"acc_{which}_mean"]], s=120,
-                               facecolors="none", edgecolors="k", zorder=3)
-        for r in rows:  # other arms: one marker each, at their finest level's class count
-            if r["kind"] == "transfer" and r["arm"] and r[f"acc_{which}_mean"] is not None:
-                ax.errorbar([r["pretrain_classes"]], [r[f"acc_{which}_mean"]], yerr=[r[f"acc_{which}_std"]],
-                            marker="*", markersize=10, capsize=3, linestyle="none",
-                            label=f"{r['arm']} -> {t} ({r['mode']})")
-        for r in rows:
-            if r["kind"] == "scratch" and r[f"acc_{which}_mean"] is not None:
-                m, s = r[f"acc_{which}_mean"], r[f"acc_{which}_std"] or 0.0
-                ax.axhline(m, color="grey", linestyle="--", label="no pretraining (scratch)")
+        shown = [r for r in rows if r[f"acc_{which}_mean"] is not None]
+        for mode in sorted({r["mode"] for r in shown if style[id(r)] == "line"}):  # one line over levels per mode
+            pts = sorted((r for r in shown if style[id(r)] == "line" and r["mode"] == mode),
+                         key=lambda r: r["pretrain_classes"])
+            ax.errorbar([r["pretrain_classes"] for r in pts], [r[f"acc_{which}_mean"] for r in pts],
+                        yerr=[r[f"acc_{which}_std"] for r in pts], marker="o", capsize=3,
+                        label=f"pretrain -> {t} ({mode})")
+            tgt = [r for r in pts if r["pretrain_level"] == t]
+            if tgt:  # the baseline "pretrain directly on the target level"
+                ax.scatter([tgt[0]["pretrain_classes"]], [tgt[0][f"acc_{which}_mean"]], s=120,
+                           facecolors="none", edgecolors="k", zorder=3)
+        for r in shown:
+            m, s = r[f"acc_{which}_mean"], r[f"acc_{which}_std"] or 0.0
+            if style[id(r)] == "marker":  # one star each, at the class count of its pretraining level
+                ax.errorbar([r["pretrain_classes"]], [m], yerr=[s], marker="*", markersize=10, capsize=3,
+                            linestyle="none", label=f"{r['arm']} -> {t} ({r['mode']})")
+            elif style[id(r)] == "band":  # no pretraining level to put it at: a horizontal line and its spread
+                ax.axhline(m, color="grey", linestyle="--",
+                           label=arms.origin(r["kind"], r["arm"]).setting(r["pretrain_level"], t))
                 ax.axhspan(m - s, m + s, color="grey", alpha=0.15)
         ax.axhline(chance, color="k", linestyle=":", linewidth=1, label="chance")
         ax.set_xscale("log")

@@ -7,7 +7,8 @@ level (the target level in `pretrain_levels`, added when missing). Further arms:
 tuning with selected pretraining data, Liu et al.) and `multilevel.enabled` (semantic-softmax pretraining over all
 levels, ImageNet-21K-P). With `clustering.enabled`, each pretraining run also gets a clustering evaluation of its
 frozen features (Adaloglou et al.). Job settings are RunConfigs: `run` is the pretraining run; `transfer.set`
-(dotted overrides, as `--set`) changes it for the transfers and the scratch baseline.
+(dotted overrides, as `--set`) changes it for the transfers and the scratch baseline. The arms are modules of
+launch/arms/, each with the schema of its section here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from typing import Any, Literal
 
 from core.format import config as cfglib
 from core.train.run_config import RunConfig
+from launch.arms.clustering import ClusteringConfig
+from launch.arms.multilevel import MultiLevelConfig
+from launch.arms.scratch import ScratchConfig
+from launch.arms.transfer import TransferConfig
 from launch import executors
 
 SWEEPS_DIR = Path(__file__).parent / "sweeps"  # packaged sweep files; `default.yaml` is the default
@@ -32,48 +37,6 @@ class DatasetConfig:
     synthetic_preset: str = ""  # '' = `path` must exist; a preset name (tiny|default|large) = convert the
     # synthetic data into `path` first (convert-once: an identical dataset already there is reused)
     synthetic_set: tuple[str, ...] = ()  # dotted overrides for that conversion, e.g. 'synthetic.seed=1'
-
-
-@dataclass(frozen=True)
-class SelectArmConfig:
-    k: int = 100  # pretraining classes whose images join the fine-tuning (Liu et al.: 100); at most the
-    # pretraining level's number of classes
-    lam: float = 0.3  # weight of the selected data's loss: L_target + lam * L_selected
-    batch_size: int = 0  # selected images per step; 0 = data.batch_size
-
-    def __post_init__(self) -> None:
-        if self.k < 1 or self.lam < 0 or self.batch_size < 0:
-            raise ValueError(f"transfer.select: k={self.k} must be >= 1, lam={self.lam} and batch_size="
-                             f"{self.batch_size} >= 0")
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    modes: tuple[Literal["full", "linear", "select"], ...] = ("full",)  # one transfer job per mode and
-    # pretraining run; 'select' = full fine-tuning plus the pretraining data selected by unbalanced optimal
-    # transport (Liu et al., NeurIPS 2022; core/methods/select_transfer.py), with the settings of `select`
-    set: tuple[str, ...] = ()  # dotted RunConfig overrides for transfers and scratch runs, e.g. 'train.epochs=5'
-    select: SelectArmConfig = field(default_factory=SelectArmConfig)
-
-
-@dataclass(frozen=True)
-class MultiLevelConfig:
-    enabled: bool = False  # one more pretraining run per seed: one head per level from the finest pretraining
-    # level up, trained with ImageNet-21K-P's semantic softmax (core/train/semantic_softmax.py), then transferred and
-    # clustered like the single-level runs (report rows 'multi-level')
-    weights: Literal["ridnik", "classes", "uniform"] = "ridnik"  # train.objective_weights of that run
-
-
-@dataclass(frozen=True)
-class ScratchConfig:
-    enabled: bool = True  # baseline without pretraining: random init, trained on the target level
-    set: tuple[str, ...] = ()  # dotted overrides on top of `run` + `transfer.set` (e.g. a longer schedule)
-
-
-@dataclass(frozen=True)
-class ClusteringConfig:
-    enabled: bool = True  # one stage-2 job per pretraining run: k-means on its frozen val features at every
-    # level's class count, scored by NMI, ARI and Hungarian accuracy (core/methods/clustering.py; `grainsweep cluster`)
 
 
 @dataclass(frozen=True)
@@ -119,10 +82,11 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0, 1, 2)  # one pretraining (and transfer, scratch) run per seed
     run: RunConfig = field(default_factory=RunConfig)  # the pretraining runs' settings (data.path, data.level
     # and train.seed are set per job)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
-    scratch: ScratchConfig = field(default_factory=ScratchConfig)
-    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
-    multilevel: MultiLevelConfig = field(default_factory=MultiLevelConfig)
+    # the sweep arms' sections (launch/arms/: each arm's module holds its section's schema and meaning)
+    transfer: TransferConfig = field(default_factory=TransferConfig)  # transfers (modes full/linear/select)
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)  # the baseline without pretraining
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)  # k-means on frozen features
+    multilevel: MultiLevelConfig = field(default_factory=MultiLevelConfig)  # semantic-softmax pretraining
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:
@@ -130,8 +94,6 @@ class SweepConfig:
             raise ValueError("seeds: at least one seed is needed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {list(self.seeds)} repeats a seed")
-        if not self.transfer.modes:
-            raise ValueError("transfer.modes: at least one mode is needed")
         if not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
             raise ValueError(f"name={self.name!r}: use letters, digits, '_', '-' and '.'")
 

@@ -13,6 +13,7 @@ import pytest
 
 from core.format import config as cfglib
 from launch import plan as planlib, report, sweep
+from launch.arms.select import SelectArmConfig
 from tests.test_sweep_local import tiny_sweep
 
 ARMS = ("pretrain_levels=[subclass]", "seeds=[0]", "clustering.enabled=false", "scratch.enabled=false",
@@ -23,6 +24,7 @@ ARMS = ("pretrain_levels=[subclass]", "seeds=[0]", "clustering.enabled=false", "
 def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("arms")
     cfg = tiny_sweep(root / "data", *ARMS)
+    planlib.prepare(cfg)
     plan, records = sweep.run_sweep(cfg, root / "sw", executor="local")
     return cfg, plan, records, root
 
@@ -31,18 +33,18 @@ def test_arms_are_planned(finished):
     cfg, plan, _, root = finished
     pre = {(j.pretrain_level, j.arm): j for j in plan.jobs if j.kind == "pretrain"}
     assert set(pre) == {("subclass", ""), ("superclass", ""), ("subclass", "multilevel")}
-    ml = pre[("subclass", "multilevel")].config["train"]
-    assert ml["objective"] == "semantic_softmax" and ml["objective_weights"] == cfg.multilevel.weights
-    assert all(pre[k].config["train"]["objective"] == "single" for k in pre if not k[1])
+    ml = pre[("subclass", "multilevel")].config.train
+    assert ml.objective == "semantic_softmax" and ml.objective_weights == cfg.multilevel.weights
+    assert all(pre[k].config.train.objective == "single" for k in pre if not k[1])
     transfers = [j for j in plan.jobs if j.kind == "transfer"]
     assert sorted((j.pretrain_level, j.arm, j.mode) for j in transfers) == sorted(
         (lv, arm, m) for lv, arm in pre for m in ("linear", "select"))
     for j in transfers:
-        assert j.config["train"]["objective"] == "single"  # a transfer trains one new head
+        assert j.config.train.objective == "single"  # a transfer trains one new head
         assert j.source == pre[(j.pretrain_level, j.arm)].run_dir
         # k is capped at the pretraining level's classes (tiny: 12 subclasses, 2 superclasses)
-        assert j.options == ({} if j.mode == "linear" else
-                             {"k": min(3, plan.classes[j.pretrain_level]), "lam": 0.5, "batch_size": 0})
+        assert j.options == (None if j.mode == "linear" else
+                             SelectArmConfig(k=min(3, plan.classes[j.pretrain_level]), lam=0.5, batch_size=0))
 
     # the plain runs keep the folder names a sweep without the arms gives them
     plain = planlib.plan_sweep(tiny_sweep(root / "data", *ARMS[:4], "transfer.modes=[linear]"), root / "sw")
@@ -56,7 +58,7 @@ def test_arms_run_and_report(finished):
         assert (Path(j.run_dir) / "result.json").is_file(), j.name
     for j in (j for j in plan.jobs if j.mode == "select"):
         sel = json.loads((Path(j.run_dir) / "selection.json").read_text())
-        assert sel["k"] == j.options["k"] and len(sel["classes"]) == j.options["k"]
+        assert sel["k"] == j.options.k and len(sel["classes"]) == j.options.k
         assert sel["source_level"] == j.pretrain_level
     # the multi-level run trained a head per level from subclass up
     ml = next(j for j in plan.jobs if j.kind == "pretrain" and j.arm == "multilevel")
