@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from core.format import config as cfglib
 from data_tools import convert_source, convert_synthetic
@@ -64,7 +65,9 @@ def source_overrides(args: argparse.Namespace) -> list[str]:
             raise cfglib.ConfigError(f"--{flag.replace('_', '-')} applies to {', '.join(kinds)}, not {args.kind}")
         if flag == "levels":
             value = "[" + value + "]"
-        elif flag in ("train_json", "val_json", "val_csv"):
+        elif flag == "val_csv":  # relative to the current folder, like SRC: recorded in full (the same file
+            value = repr(str(Path(value).expanduser().resolve()) if value else "")  # from elsewhere, same inputs)
+        elif flag in ("train_json", "val_json"):
             value = repr(value)  # a YAML string, whatever it looks like
         out.append(f"{key}={value}")
     if args.workers is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_levels_labels_and_val_csv(source, tmp_path, capsys):
 
 def test_a_class_with_two_parents_is_refused_naming_it_and_nothing_is_written(source, tmp_path, capsys):
     rows = list(csv.reader((source / "train.csv").open()))[1:]
-    rows.append((rows[0][0], "b2", "B", "Y"))  # genus B under family X elsewhere, here under Y
+    rows.append(("im/other.png", "b2", "B", "Y"))  # genus B under family X elsewhere, here under Y
     write_manifest(source / "bad.csv", rows)
     out = tmp_path / "ds"
     assert cli(["convert", "csv", str(source / "bad.csv"), "--out", str(out), "--max-rejects", "100"]) == 2
@@ -96,3 +97,34 @@ def test_empty_cells_are_rejects_and_bad_headers_are_refused(source, tmp_path):
     (source / "h.csv").write_text("file,leaf\nim/a1_0.png,a1\n")
     with pytest.raises(csv_manifest.SourceError, match="header must be 'path'"):
         csv_manifest.scan(source / "h.csv", csv_manifest.Options())
+
+
+def test_relative_val_csv_is_relative_to_the_current_folder(source, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(source)
+    out = tmp_path / "ds"
+    assert cli(["convert", "csv", "train.csv", "--out", str(out), "--val-csv", "meta/val.csv", "--workers", "1"]) == 0
+    assert not (out / "rejects.csv").exists()
+    assert json.loads((out / "manifest.json").read_text())["splits"] == {"train": 12, "val": 6}
+    # the same files named from elsewhere are the same conversion
+    monkeypatch.chdir(source / "meta")
+    assert cli(["convert", "csv", "../train.csv", "--out", str(out), "--val-csv", "val.csv"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_a_file_listed_with_two_labels_is_a_reject_naming_both(source, tmp_path):
+    from data_tools import convert_source
+    from data_tools.sources import csv_manifest
+
+    rows = [("im/a1_0.png", "a1", "A", "X"), ("im/a1_1.png", "a1", "A", "X"), ("im/a1_0.png", "a2", "A", "X"),
+            ("im/b1_0.png", "b1", "B", "X"), ("im/b1_0.png", "b1", "B", "X")]  # the last: twice, same labels
+    write_manifest(source / "dup.csv", rows)
+    catalog = csv_manifest.scan(source / "dup.csv", csv_manifest.Options())
+    assert sorted(catalog.splits["train"].early_rejects) == [0, 2]
+    assert "a1/A/X" in catalog.splits["train"].early_rejects[0] and "a2/A/X" in catalog.splits["train"].early_rejects[0]
+    assert catalog.hierarchy.level("leaf").classes == ("a1", "b1")  # a2 has no undisputed row
+    cfg = convert_source.load_config("csv", None, ["convert.max_rejects=2", "convert.workers=1"])
+    result = convert_source.convert("csv", source / "dup.csv", tmp_path / "ds", cfg)
+    assert result.counts == {"train": 3} and result.rejects == 2
+    rejects = (tmp_path / "ds" / "rejects.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rejects] == ["im/a1_0.png", "im/a1_0.png"]
+    assert all("different labels" in r for r in rejects)

@@ -4,12 +4,15 @@ Paths are relative to the CSV's folder (absolute paths are kept as they are). Ev
 named by its header (an identifier such as 'species'), finest first; a cell is the class id at that level and
 also its title. The val split, if any, is a second manifest with the same header (`--val-csv`, relative to the
 current folder or absolute). Levels must nest over every row of both files: a class with two different parents
-is refused, naming it, before anything is read or written. A row with an empty cell is a reject.
+is refused, naming it, before anything is read or written. A row with an empty cell is a reject, and so is every
+row of a file listed with two different label paths (in one file or both: which one is right cannot be known);
+a file listed twice with the same labels is kept twice.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +48,8 @@ def read(path: Path) -> tuple[list[str], list[list[str]]]:
 
 def scan(src: Path, opts: Options) -> Catalog:
     files = {"train": src}
-    if opts.val_csv:
-        files["val"] = Path(opts.val_csv)
+    if opts.val_csv:  # relative to the current folder, like SRC (its rows are then relative to its own folder)
+        files["val"] = Path(opts.val_csv).expanduser().resolve()
     listing = Listing(src.parent)
     header, per_split = None, {}
     for split, path in files.items():
@@ -58,8 +61,17 @@ def scan(src: Path, opts: Options) -> Catalog:
         per_split[split] = (path, rows)
     names = header[1:]
 
+    # a file with two label paths: all its rows are rejects, and take no part in the hierarchy
+    labels_of: dict[str, set[tuple[str, ...]]] = {}
+    for path, rows in per_split.values():
+        for r in rows:
+            if r[0]:
+                labels_of.setdefault(_file(path, r[0]), set()).add(tuple(r[1:]))
+    disputed = {f: ls for f, ls in labels_of.items() if len(ls) > 1}
+
     # labels first: nesting is checked over every complete row before any image is looked at
-    complete = [r[1:] for _, rows in per_split.values() for r in rows if all(r[1:]) and r[0]]
+    complete = [r[1:] for path, rows in per_split.values() for r in rows
+                if all(r[1:]) and r[0] and _file(path, r[0]) not in disputed]
     check_nesting(names, complete)
     leaf_ids: dict[str, int] = {}
     paths = []
@@ -78,8 +90,13 @@ def scan(src: Path, opts: Options) -> Catalog:
             full = path.parent / r[0]
             ref = str(full.relative_to(src.parent)) if full.is_relative_to(src.parent) else str(full)
             empty = [n for n, c in zip(header, r) if not c]
+            disputed_labels = disputed.get(_file(path, r[0])) if r[0] else None
             if empty:
                 out.early_rejects[len(out.refs)] = f"empty value in column(s) {empty}"
+                out.leaves.append(-1)
+            elif disputed_labels:
+                shown = " and ".join("/".join(ls) for ls in sorted(disputed_labels))
+                out.early_rejects[len(out.refs)] = f"listed with different labels: {shown}"
                 out.leaves.append(-1)
             else:
                 out.leaves.append(leaf_ids[r[1]])
@@ -87,3 +104,8 @@ def scan(src: Path, opts: Options) -> Catalog:
             out.refs.append(ref)
         splits[split] = out
     return Catalog(root=src.parent, hierarchy=hierarchy, splits=splits, fingerprint=listing.fingerprint())
+
+
+def _file(csv_path: Path, ref: str) -> str:
+    """The file a row names (relative to its CSV's folder), normalised so that two spellings compare equal."""
+    return os.path.normpath(csv_path.parent / ref)
