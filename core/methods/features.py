@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.data.loader import BetonLoader
+from core.data.source import BatchSource
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Features:
 
 
 @torch.no_grad()
-def extract(model: torch.nn.Module, loader: BetonLoader, augment, autocast=None,
+def extract(model: torch.nn.Module, loader: BatchSource, augment, autocast=None,
             desc: str = "features") -> Features:
     """Pooled features of every image `loader` yields. `augment` turns the uint8 batch into model input
     (core.data.augment.GpuAugment without flip); `autocast` is an optional context-manager factory (bf16 on CUDA)."""

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 
 from core.data.augment import GpuAugment
-from core.data.loader import BetonLoader, beton_columns, build_loader
-from core.data.resident import ResidentLoader, ResidentMemoryError, build_resident_loader
+from core.data.beton_file import beton_columns, open_beton
+from core.data.loader import build_loader
+from core.data.resident import ResidentMemoryError, build_resident_loader
+from core.data.source import BatchSource
 from core.device import Precision, resolve_device, resolve_precision
 from core.format import derived as derived_lib
 from core.format import hierarchy as hlib
@@ -51,8 +53,8 @@ class Parts:
     precision: Precision
     model: torch.nn.Module
     forward: Any
-    train_loader: BetonLoader | ResidentLoader
-    val_loader: BetonLoader | ResidentLoader
+    train_loader: BatchSource
+    val_loader: BatchSource
     train_augment: GpuAugment
     val_augment: GpuAugment
     optimizer: torch.optim.Optimizer
@@ -89,15 +91,13 @@ def _check_labels(data: Path, h: hlib.Hierarchy) -> None:
     """The betons' label columns fit the hierarchy: every label inside its level's classes, and every coarse label
     the one the hierarchy gives the sample's leaf. A hierarchy.json edited after conversion would otherwise give
     an IndexError mid-run or silently wrong coarse accuracy (coarse scores come from the hierarchy's maps)."""
-    from ffcv.reader import Reader
-
     key = (str(data.resolve()), *((data / n).stat().st_mtime_ns for n in ("hierarchy.json", "train.beton",
                                                                             "val.beton")))
     if key in _LABELS_CHECKED:
         return
     leaf = h.names[0]
     for name in ("train.beton", "val.beton"):
-        reader = Reader(str(data / name))
+        reader = open_beton(data / name)
         fields = list(reader.field_names)
         columns = {lv: reader.metadata[f"f{fields.index(lv)}"].astype(np.int64) for lv in h.names if lv in fields}
         for lv, values in columns.items():
@@ -186,7 +186,7 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
                  val_augment, optimizer, schedule, build_loss(cfg.optim.label_smoothing), objective)
 
 
-def build_run_loader(cfg: RunConfig, path: Path, **kw: Any) -> BetonLoader | ResidentLoader:
+def build_run_loader(cfg: RunConfig, path: Path, **kw: Any) -> BatchSource:
     """A run's training or validation loader: core.data.loader.build_loader, or with data.resident the device-resident
     loader (core/data/resident.py) on the same arguments (ffcv's workers/os_cache/distributed then have no meaning)."""
     if not cfg.data.resident:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from core.data.loader import GpuBatches
+from core.data.source import GpuBatches
 from core.format import config as cfglib, provenance
 from core.format.run_folder import RunFolder, dataset_fingerprint
 from core.train import checkpoint
