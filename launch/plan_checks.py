@@ -11,6 +11,7 @@ import yaml
 
 from core.format import config as cfglib
 from core.format import hierarchy as hlib
+from core.format.run_folder import MANIFEST_FILE
 from core.train.run_config import RunConfig
 from launch.sweep_config import SweepConfig
 
@@ -70,7 +71,7 @@ def check_model(run: RunConfig, num_classes: int) -> None:
 
 def check_batch_size(cfg: SweepConfig, data: Path) -> None:
     # training drops the last partial batch: a batch larger than the training set would run no step at all
-    manifest = data / "manifest.json"
+    manifest = data / MANIFEST_FILE
     if not manifest.is_file():
         return
     n = json.loads(manifest.read_text()).get("splits", {}).get("train")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.format import config as cfglib
-from core.train.run_config import RunConfig
+from core.train.run_config import DataConfig, RunConfig
 from launch.arms.clustering import ClusteringConfig
 from launch.arms.multilevel import MultiLevelConfig
 from launch.arms.scratch import ScratchConfig
@@ -33,7 +33,7 @@ _SBATCH_KEY = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    path: str = "data/synthetic"  # dataset folder (train.beton, val.beton, hierarchy.json); relative to the cwd
+    path: str = DataConfig.path  # dataset folder (train.beton, val.beton, hierarchy.json); relative to the cwd
     synthetic_preset: str = ""  # '' = `path` must exist; a preset name (tiny|default|large) = convert the
     # synthetic data into `path` first (convert-once: an identical dataset already there is reused)
     synthetic_set: tuple[str, ...] = ()  # dotted overrides for that conversion, e.g. 'synthetic.seed=1'

@@ -4,19 +4,25 @@ clustered like the single-level runs (report rows 'multi-level', stars in report
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from core.train.run_config import TrainConfig
 from launch.arms.base import SOURCE_KIND, Arm
 
 if TYPE_CHECKING:
     from launch.plan import JobSpec, PlanContext
 
 
+# the names train.objective_weights accepts, and its default: the run schema's, not a copy
+ObjectiveWeights = typing.get_type_hints(TrainConfig)["objective_weights"]
+
+
 @dataclass(frozen=True)
 class MultiLevelConfig:
     enabled: bool = False  # one more pretraining run per seed, from the finest pretraining level up
-    weights: Literal["ridnik", "classes", "uniform"] = "ridnik"  # train.objective_weights of that run
+    weights: ObjectiveWeights = TrainConfig.objective_weights  # train.objective_weights of that run
 
 
 class MultiLevel(Arm):
