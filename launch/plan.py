@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from core.format import config as cfglib
 from core.format import hierarchy as hlib
@@ -217,23 +217,25 @@ class PlanContext:
     levels: tuple[str, ...]  # the pretraining levels asked for, finest first (the target may be missing)
     transfer_set: dict[str, Any]  # transfer.set, parsed: dotted key -> value
     scratch_set: dict[str, Any]
-    # transfers and scratch runs train one head, whatever objective the pretraining runs use: the schema's
+    # transfers and scratch runs train one head, whatever objective the pretraining runs use: the run schema's
     # defaults of the objective settings are single-head training
-    single_head: dict[str, Any] = field(default_factory=lambda: {
-        f"train.{k}": getattr(TrainConfig(), k) for k in ("objective", "objective_levels", "objective_weights")})
+    single_head: ClassVar[dict[str, Any]] = {f"train.{k}": getattr(TrainConfig, k)
+                                             for k in ("objective", "objective_levels", "objective_weights")}
 
     def classes(self, level: str) -> int:
         return self.hierarchy.level(level).num_classes
 
     def run_config(self, level: str, seed: int, *changes: dict[str, Any], key: str = "run") -> RunConfig:
         """`run` for one job: the dataset, `level` and `seed` set, then `changes` in order."""
-        values = {"data.path": str(self.data), "data.level": level, "train.seed": seed}
-        for c in changes:
-            values.update(c)
+        cfg = self.cfg.run
         try:
-            return cfglib.with_values(self.cfg.run, values)
+            # one after the other: a later change wins, also where it names a whole section an earlier one
+            # changed a key of
+            for values in ({"data.path": str(self.data), "data.level": level, "train.seed": seed}, *changes):
+                cfg = cfglib.with_values(cfg, values)
         except cfglib.ConfigError as e:
             raise cfglib.ConfigError(f"{key}: {e}") from None
+        return cfg
 
     def transfer_config(self, seed: int) -> RunConfig:
         """A transfer's config: `run` on the target level, one head, then `transfer.set`."""
