@@ -4,7 +4,7 @@
 torch.compile compiles the device stage, the page cache fills); the figure is the median images/s over the
 others. Modes, from the full pipeline down to its parts:
   train   seeded RandomResizedCrop (core.data.seeded_crop) + GpuAugment (flip, normalise, cast, channels_last):
-          exactly what `grainsweep train` consumes (on the CPU, uncompiled: core.data.augment.cpu_stage)
+          exactly what `grainsweep train` consumes (on the CPU, uncompiled: core.data.cpu_stage.cpu_stage)
   val     centre crop 224/256 + GpuAugment (no flip)
   crop    train crops copied to the device, no device stage
   decode  ffcv's SimpleRGBImageDecoder only (full-size decode into the batch, no crop, no copy): the decode
@@ -35,9 +35,10 @@ def _device_stage(device: torch.device, compile: str, flip: bool):
 
 def measure_stage(*, res: int, batch_size: int, device: str = "cpu", runs: int = 5) -> dict[str, Any]:
     """Milliseconds a batch of the device stage alone (flip on, no mixing) on random uint8 crops: `GpuAugment` as
-    `grainsweep train` builds it (CPU: eager, hence core.data.augment.cpu_stage; CUDA: compiled) and the eager
-    reference `core.data.augment.device_stage`, on the same draws. Each is called once first (numba, torch.compile)."""
-    from core.data.augment import device_stage
+    `grainsweep train` builds it (CPU: eager, hence core.data.cpu_stage.cpu_stage; CUDA: compiled) and the eager
+    reference `core.data.device_stage.device_stage`, on the same draws. Each is called once first (numba,
+    torch.compile)."""
+    from core.data.device_stage import device_stage
 
     dev = torch.device(device)
     augment, compiled = _device_stage(dev, "auto", flip=True)
@@ -64,7 +65,7 @@ def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int):
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import ToTensor
 
-    from core.data.loader import beton_columns
+    from core.data.beton_file import beton_columns
 
     pipelines: dict[str, Any] = {c: None for c in beton_columns(path)}
     pipelines["image"] = [SimpleRGBImageDecoder(), ToTensor()]
@@ -82,7 +83,8 @@ def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int):
 
 def _loader_epochs(path: Path, level: str, mode: str, res: int, batch_size: int, workers: int, seed: int,
                    device: torch.device, compile: str) -> tuple[Any, bool]:
-    from core.data.loader import GpuBatches, build_loader
+    from core.data.loader import build_loader
+    from core.data.source import GpuBatches
 
     loader = build_loader(path, split="val" if mode == "val" else "train", batch_size=batch_size,
                           num_workers=workers, levels=[level], resolution=res,

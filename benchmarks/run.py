@@ -246,8 +246,8 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
             name = stages[0]["stage"]
             out += [f"The device stage alone on `{dev}` (flip on, no mixing), ms a batch of {stages[0]['batch_size']} "
                     f"random crops: the project's path (`{name}`{', compiled' if stages[0]['compiled'] else ''}, "
-                    "what `grainsweep train` runs here) vs the eager reference `core.data.augment.device_stage` on the "
-                    "same draws.", "",
+                    "what `grainsweep train` runs here) vs the eager reference "
+                    "`core.data.device_stage.device_stage` on the same draws.", "",
                     "| crop px | project's stage, ms | eager reference, ms | reference / project |",
                     "|---|---|---|---|"]
             for st in stages:
@@ -257,8 +257,8 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
         if not dev.startswith("cuda"):
             out += ["On the CPU the device stage runs eagerly (torch.compile is off on CPU, as in `grainsweep "
                     "train`), in the main thread beside ffcv's decode threads on the same cores. Since 2026-11-23 "
-                    "it is `core.data.augment.cpu_stage`: one numba pass (no GIL, one thread) with the same values as "
-                    "the reference (torch.equal, tests/test_augment.py), writing into recycled output buffers. "
+                    "it is `core.data.cpu_stage.cpu_stage`: one numba pass (no GIL, one thread) with the same values "
+                    "as the reference (torch.equal, tests/test_augment.py), writing into recycled output buffers. "
                     "Before, the eager reference took 120-160 ms a batch at 224 px (batch 64) and held the loader "
                     "at 0.8x torchvision at 224 px. Compiling does not pay on the CPU: the compiled reference took "
                     "104 ms a batch against cpu_stage's 11 ms, side by side (224 px, batch 64, load 2.5, "

@@ -97,7 +97,7 @@ def first_step(data: Path, workers: int, device: str, t_start: float) -> dict[st
 
     from benchmarks.train_step import run_config
     from core.train.engine import train_epoch
-    from core.data.loader import GpuBatches
+    from core.data.source import GpuBatches
     from core.train.parts import build_parts
 
     t_imported = time.perf_counter()

@@ -84,7 +84,7 @@ def measure_train_step(data: str | Path, *, model: str, res: int, batch_size: in
     resident: the real loader is data.resident's (the decoded set on the device, crops there: core/data/resident.py)
     instead of ffcv's."""
     from core.train.engine import train_epoch
-    from core.data.loader import GpuBatches
+    from core.data.source import GpuBatches
     from core.train.parts import build_parts
 
     if epochs < 1:

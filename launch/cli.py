@@ -25,7 +25,7 @@ USER_ERRORS = (ConfigError, HierarchyError, DatasetExistsError, FileNotFoundErro
 def user_errors() -> tuple[type[BaseException], ...]:
     """USER_ERRORS plus those of heavy modules (ffcv, torch) that this command has imported."""
     extra = []
-    loader = sys.modules.get("core.data.loader")
+    loader = sys.modules.get("core.data.beton_file")
     if loader is not None:
         extra.append(loader.BetonError)
     return USER_ERRORS + tuple(extra)

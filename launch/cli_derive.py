@@ -97,7 +97,7 @@ def run_features(run_dir: Path, data_dir: Path, device: str):
 def embed(run_dir: Path, beton: Path, device: str) -> tuple[np.ndarray, np.ndarray]:
     """(index values, features) of every row of `beton` under the newest weights of the run in `run_dir`."""
     from core.methods.features import extract_beton, run_model
-    from core.data.loader import beton_columns
+    from core.data.beton_file import beton_columns
     from core.device import resolve_device
 
     dev = resolve_device(device)

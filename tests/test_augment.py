@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from core.data.augment import IMAGENET_MEAN, IMAGENET_STD, Draws, GpuAugment, cpu_stage, device_stage
+from core.data.augment import IMAGENET_MEAN, IMAGENET_STD, GpuAugment
+from core.data.cpu_stage import cpu_stage
+from core.data.device_stage import Draws, device_stage
 
 NUM_CLASSES = 5
 

@@ -72,7 +72,7 @@ def test_loader_serves_the_sidecar_labels(ds, level, split):
 def test_loader_without_index_in_extras(ds):
     loader = build_loader(ds / "train.beton", split="train", batch_size=16, num_workers=1, levels=["random5_seed0"],
                           resolution=16, order="random", os_cache=False, distributed=False, drop_last=True,
-                          seed=0, device="cpu")
+                          seed=0, device="cpu", scale=(0.35, 1.0))
     batch = next(iter(loader))
     assert batch.extras == {} and batch.labels["random5_seed0"].shape == (16,)
 

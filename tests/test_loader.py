@@ -9,7 +9,9 @@ from ffcv.fields import IntField, RGBImageField
 from ffcv.writer import DatasetWriter
 
 from core.data.augment import GpuAugment
-from core.data.loader import BetonError, GpuBatches, build_loader
+from core.data.beton_file import BetonError
+from core.data.loader import build_loader
+from core.data.source import GpuBatches
 
 NUM_SAMPLES = 100
 NUM_SUBCLASSES = 8
@@ -46,7 +48,7 @@ def dataset(tmp_path_factory):
 def _loader(path, **kw):
     args = dict(split="val", batch_size=32, num_workers=1, levels=LEVELS, resolution=24, order="sequential",
                 os_cache=False, distributed=False, drop_last=None, extra_columns=["index", "hard"], seed=0,
-                device="cpu")
+                device="cpu", scale=(0.35, 1.0))
     args.update(kw)
     return build_loader(path, **args)
 

@@ -88,7 +88,8 @@ def test_reduced_scale_decode_is_close_to_a_full_decode(jpeg_beton, out):
 def test_train_and_val_loaders_serve_jpeg_betons_at_reduced_scale(jpeg_beton):
     common = dict(batch_size=8, num_workers=2, levels=["label"], os_cache=False, distributed=False, seed=3,
                   device="cpu")
-    train = build_loader(jpeg_beton, split="train", resolution=16, order="random", drop_last=True, **common)
+    train = build_loader(jpeg_beton, split="train", resolution=16, order="random", drop_last=True, scale=(0.08, 1.0),
+                         **common)
     first = [b.images.clone() for b in train]
     train.set_epoch(0)
     again = [b.images.clone() for b in train]

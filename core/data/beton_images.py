@@ -17,7 +17,8 @@ ffcv facts this module relies on (ffcv 1.0.2 source, site-packages/ffcv):
   mode 0 ('jpg') is a JPEG made from RGB through BGR (encode_jpeg), which ffcv's decoders decode with
   `libffcv.imdecode` at scale 1/1 without crop (TurboJPEG, RGB out; SimpleRGBImageDecoder). The same call here,
   so pixels equal those ffcv's loader returns (tests/test_resident.py checks raw and JPEG betons).
-- `Reader` does not look before it reads (np.fromfile); a missing file is checked here first, to name it.
+- `Reader` does not look before it reads (np.fromfile): betons are opened through core.data.beton_file.open_beton,
+  which checks the file's structure first and names the file (and row) at fault.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 from tqdm import tqdm
 
-from core.data.loader import IMAGE_COLUMN, BetonError
+from core.data.beton_file import IMAGE_COLUMN, BetonError, DamagedBetonError, allocation_sizes, open_beton
 
 PROGRESS_MIN_IMAGES = 20_000  # show a progress bar from this many images on (CIFAR's 50,000 take seconds)
 
@@ -46,12 +47,6 @@ class BetonImages:
 
     def __len__(self) -> int:
         return len(self.pixels)
-
-
-def _reader(path: Path) -> Reader:
-    if not path.is_file():
-        raise FileNotFoundError(f"beton not found: {path}")
-    return Reader(str(path))
 
 
 def _field(path: Path, reader: Reader, column: str) -> np.ndarray:
@@ -77,7 +72,7 @@ def _rows(path: Path, reader: Reader, rows: Sequence[int] | np.ndarray | None) -
 def image_sizes(path: str | Path, rows: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(heights, widths), int64 (N,), of the stored images of `rows` (None = every row), from the metadata."""
     path = Path(path)
-    reader = _reader(path)
+    reader = open_beton(path)
     meta = _field(path, reader, IMAGE_COLUMN)[_rows(path, reader, rows)]
     return meta["height"].astype(np.int64), meta["width"].astype(np.int64)
 
@@ -93,7 +88,7 @@ def read_images(path: str | Path, columns: Sequence[str] = (), rows: Sequence[in
 
     progress: a tqdm bar; None = from PROGRESS_MIN_IMAGES images on."""
     path = Path(path)
-    reader = _reader(path)
+    reader = open_beton(path)
     index = _rows(path, reader, rows)
     values = {}
     for c in columns:  # every column checked before any pixel is read
@@ -103,7 +98,7 @@ def read_images(path: str | Path, columns: Sequence[str] = (), rows: Sequence[in
         values[c] = field[index].astype(np.int64)
     meta = _field(path, reader, IMAGE_COLUMN)[index]
     heights, widths = meta["height"].astype(np.int64), meta["width"].astype(np.int64)
-    sizes = allocation_sizes(path, reader, meta["data_ptr"])
+    sizes = allocation_sizes(path, reader, meta["data_ptr"], index)
 
     pixels = np.zeros((len(index), int(heights.max()), int(widths.max()), 3), dtype=np.uint8)
     data = np.memmap(path, dtype=np.uint8, mode="r")
@@ -118,23 +113,11 @@ def read_images(path: str | Path, columns: Sequence[str] = (), rows: Sequence[in
             # the arguments of SimpleRGBImageDecoder: whole image, scale 1/1, no crop, no flip
             out = scratch[:h * w * 3]
             if imdecode(np.ascontiguousarray(encoded), out, h, w, h, w, 0, 0, 1, 1, False, False) != 0:
-                raise BetonError(f"{path}: row {index[n]}'s JPEG does not decode")  # TurboJPEG's -1
+                raise DamagedBetonError(f"{path}: row {index[n]}'s JPEG does not decode")  # TurboJPEG's -1
             pixels[n, :h, :w] = out.reshape(h, w, 3)
         else:
             if encoded.size != h * w * 3:
-                raise BetonError(f"{path}: row {index[n]} is stored raw with {encoded.size} bytes, not "
+                raise DamagedBetonError(f"{path}: row {index[n]} is stored raw with {encoded.size} bytes, not "
                                  f"{h} x {w} x 3")
             pixels[n, :h, :w] = encoded.reshape(h, w, 3)
     return BetonImages(pixels, heights, widths, values)
-
-
-def allocation_sizes(path: Path, reader: Reader, pointers: np.ndarray) -> np.ndarray:
-    """Byte count of the allocation starting at each pointer (the allocation table, as ffcv's readers use it;
-    also benchmarks/suite_data.stored_jpegs)."""
-    table = reader.alloc_table
-    order = np.argsort(table["ptr"])
-    starts, sizes = table["ptr"][order], table["size"][order]
-    at = np.minimum(np.searchsorted(starts, pointers), len(starts) - 1)
-    if len(starts) == 0 or not np.array_equal(starts[at], pointers):
-        raise BetonError(f"{path}: an image's data pointer is not in the allocation table; the file is damaged")
-    return sizes[at].astype(np.int64)

@@ -1,14 +1,16 @@
 """FFCV loading of a grainsweep beton: one image column, one label column per hierarchy level, optional extras.
 
-`build_loader` returns a `BetonLoader`; iterating it yields `Batch(images, labels, extras)`:
+`build_loader` returns a `BetonLoader` (a core.data.source.BatchSource); iterating it yields
+`Batch(images, labels, extras)`:
   images  uint8 (B, H, W, 3) NHWC on `device` (H = W = the current resolution)
   labels  {level: int64 (B,)} for every requested level, in the order asked
   extras  {column: int64 (B,)} for every requested extra column ('index', 'hard', ...), in the order asked
 A requested level that is not a beton column but a derived level of the dataset (core/format/derived.py: a sidecar in
 the beton's folder) is served from its `index` column through a lookup table on `device`.
-`GpuBatches` wraps a loader and an augment callable (core.data.augment.GpuAugment) and measures the fraction of
-wall time spent waiting for data. `build_loader(indices=rows)` serves a subset of the rows (no copy);
-`column_values` / `rows_with_labels` read an integer column of every row from the beton's metadata (no image).
+`build_loader(indices=rows)` serves a subset of the rows (no copy; core.data.beton_file.rows_with_labels finds
+them). The beton is opened through core.data.beton_file.open_beton (a damaged file fails here, in one line), and
+ffcv's Loader is core.data.ffcv_loader.GuardedLoader (an error in a decode thread ends the epoch with a
+one-line LoaderWorkerError naming the beton and row, instead of a hang).
 
 ffcv facts this module relies on (ffcv 1.0.2 source, site-packages/ffcv):
 - A field missing from `pipelines` gets ffcv's *default* pipeline and is decoded and returned anyway
@@ -34,46 +36,27 @@ ffcv facts this module relies on (ffcv 1.0.2 source, site-packages/ffcv):
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
-from ffcv.reader import Reader
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor
 
-from core.format import derived as derived_lib
+from core.data.beton_file import (IMAGE_COLUMN, INDEX_COLUMN, BetonError, beton_columns, check_indices,
+                                  derived_tables)
+from core.data.ffcv_loader import GuardedLoader
 from core.data.seeded_crop import ScaledCenterCrop, SeededRandomResizedCrop
+from core.data.source import Batch
 
-IMAGE_COLUMN = "image"
-INDEX_COLUMN = "index"
 VAL_CROP_RATIO = 224 / 256  # centre crop side / short side, the ImageNet convention
 SEED_STRIDE = 2**16  # epochs per seed before RANDOM orders of neighbouring seeds could coincide
 ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM,
           "sequential": OrderOption.SEQUENTIAL}
-
-
-class BetonError(ValueError):
-    """A beton that cannot serve the request; the message names the file and the column at fault."""
-
-
-class Batch(NamedTuple):
-    images: torch.Tensor  # uint8 (B, H, W, 3) on the loader's device
-    labels: dict[str, torch.Tensor]  # level -> int64 (B,)
-    extras: dict[str, torch.Tensor]  # column -> int64 (B,)
-
-
-def beton_columns(path: str | Path) -> list[str]:
-    """The column names of a beton, read from its header (no data is read)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"beton not found: {path}")
-    return list(Reader(str(path)).field_names)
 
 
 class BetonLoader:
@@ -132,11 +115,12 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
                  levels: Sequence[str], resolution: int, order: Literal["random", "quasi_random", "sequential"],
                  os_cache: bool, distributed: bool, drop_last: bool | None, extra_columns: Sequence[str] = (),
                  seed: int, device: str | torch.device, flip_on_cpu: bool = False,
-                 scale: tuple[float, float] = (0.08, 1.0),
+                 scale: tuple[float, float] | None = None,
                  batches_ahead: int = 3, indices: Sequence[int] | np.ndarray | None = None) -> BetonLoader:
     """A loader over the beton at `path`.
 
-    split: 'train' = RandomResizedCrop over `scale` (area fraction), seeded by (seed, epoch) through
+    split: 'train' = RandomResizedCrop over `scale` (area fraction; required for train, there is no default here:
+    the run's is core.train.run_config.DataConfig.scale), seeded by (seed, epoch) through
     core.data.seeded_crop, (+ ffcv's unseeded RandomHorizontalFlip when `flip_on_cpu`; by default the flip is left
     to the device stage, which draws from torch's seeded generator); 'val' = centre crop 224/256.
     drop_last: None means True for train (fixed shapes for torch.compile) and False for val (every sample).
@@ -148,13 +132,13 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     (`rows_with_labels`); 'sequential' keeps their order, 'random' permutes them per epoch. None = every row.
     """
     path = Path(path)
-    levels, extra_columns, asked = check_request(split, order, levels, extra_columns)
+    levels, extra_columns, asked = check_request(split, order, levels, extra_columns, scale)
     if order == "quasi_random" and distributed:
         raise ValueError("ffcv 1.0.2 has no quasi_random order with distributed=True; use 'random'")
 
     # check the columns against the header before ffcv does anything
     columns = beton_columns(path)
-    derived = _derived_tables(path, [lv for lv in levels if lv not in columns], columns)
+    derived = derived_tables(path, [lv for lv in levels if lv not in columns], columns)
     missing = [c for c in asked if c not in columns and c not in derived]
     if missing:
         raise BetonError(f"{path}: no column(s) {missing}; this beton has columns {columns}")
@@ -184,20 +168,22 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     if drop_last is None:
         drop_last = split == "train"
     ffcv_seed = int(seed) * SEED_STRIDE if order == "random" else int(seed)
-    loader = Loader(str(path), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
-                    order=ORDERS[order], distributed=distributed, seed=ffcv_seed, indices=rows, pipelines=pipelines,
-                    drop_last=drop_last, batches_ahead=batches_ahead)
+    loader = GuardedLoader(str(path), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
+                           order=ORDERS[order], distributed=distributed, seed=ffcv_seed, indices=rows,
+                           pipelines=pipelines, drop_last=drop_last, batches_ahead=batches_ahead)
     enabled = [c for c in columns if c in asked or (derived and c == INDEX_COLUMN)]
     tables = {lv: torch.as_tensor(t, device=device) for lv, t in derived.items()}
     return BetonLoader(loader, decoder, enabled, levels, extra_columns, tables)
 
 
-def check_request(split: str, order: str, levels: Sequence[str], extra_columns: Sequence[str]
-                  ) -> tuple[list[str], list[str], list[str]]:
+def check_request(split: str, order: str, levels: Sequence[str], extra_columns: Sequence[str],
+                  scale: tuple[float, float] | None) -> tuple[list[str], list[str], list[str]]:
     """The argument checks every loader of a beton makes (this one, core/data/resident.py's): returns the levels, the
     extra columns and every column asked for (the image first)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if split == "train" and (scale is None or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
+        raise ValueError(f"a train loader needs scale=(min, max) area fractions, 0 < min <= max <= 1; got {scale}")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {sorted(ORDERS)}, got {order!r}")
     if not levels:
@@ -208,105 +194,3 @@ def check_request(split: str, order: str, levels: Sequence[str], extra_columns: 
     if duplicated:
         raise ValueError(f"columns asked for more than once: {duplicated}")
     return levels, extra_columns, asked
-
-
-def check_indices(path: Path, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-    """`indices` as ffcv's own row type (uint64, as its default arange), after checking them against the beton
-    (non-empty, 1-d, integer, in range, no row twice); core/data/resident.py makes the same checks through here."""
-    rows = np.asarray(indices)
-    if rows.ndim != 1 or rows.size == 0 or not np.issubdtype(rows.dtype, np.integer):
-        raise ValueError(f"indices must be a non-empty 1-d array of row numbers, got {rows.dtype} {rows.shape}")
-    n = Reader(str(path)).num_samples
-    if rows.min() < 0 or rows.max() >= n:
-        raise BetonError(f"{path}: indices must lie in [0, {n}), got [{rows.min()}, {rows.max()}]")
-    if len(np.unique(rows)) != len(rows):
-        raise ValueError("indices repeat a row; an epoch would serve it more than once")
-    return rows.astype(np.uint64)
-
-
-def column_values(path: str | Path, column: str) -> np.ndarray:
-    """int64 value of an integer column (a level or e.g. 'index') for every row of the beton, in row order.
-
-    Read from the beton's metadata table, where ffcv keeps IntFields: no image is read. A derived level of the
-    dataset (core/format/derived.py) is looked up through the `index` column (-1 = no class)."""
-    path = Path(path)
-    columns = beton_columns(path)
-    if column in columns:
-        return Reader(str(path)).metadata[f"f{columns.index(column)}"].astype(np.int64)
-    derived = _derived_tables(path, [column], columns)
-    if column not in derived:
-        raise BetonError(f"{path}: no column {column!r} (nor a derived level of that name); this beton has "
-                         f"columns {columns}")
-    index = Reader(str(path)).metadata[f"f{columns.index(INDEX_COLUMN)}"].astype(np.int64)
-    return np.asarray(derived[column], dtype=np.int64)[index]
-
-
-def rows_with_labels(path: str | Path, column: str, classes: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The rows (ascending) of the beton whose value in `column` is one of `classes`: `indices` for a loader."""
-    return np.flatnonzero(np.isin(column_values(path, column), np.asarray(classes, dtype=np.int64)))
-
-
-def _derived_tables(path: Path, names: list[str], columns: list[str]) -> dict:
-    """Lookup tables (numpy, index value -> class) of the names that are derived levels of path's dataset."""
-    names = [n for n in names if derived_lib.sidecar_path(path.parent, n).is_file()
-             and derived_lib.is_registered(path.parent, n)]
-    if not names:
-        return {}
-    if INDEX_COLUMN not in columns:
-        raise BetonError(f"{path}: derived level(s) {names} need the {INDEX_COLUMN!r} column; this beton has "
-                         f"columns {columns}")
-    reader = Reader(str(path))
-    index = reader.metadata[f"f{columns.index(INDEX_COLUMN)}"].astype(np.int64)
-    out = {}
-    for n in names:
-        out[n] = derived_lib.labels(path.parent, n, path.stem)
-        derived_lib.check_rows(out[n], index, n, path)
-    return out
-
-
-class GpuBatches:
-    """Iterates `loader`, applies `augment(images, labels)` to each batch, and times the waits for data.
-
-    Yields (x, targets, extras): `augment`'s two outputs and the batch's extras. `wait_fraction` is the time
-    spent inside next(loader) over the wall time since the epoch started (live, for logging mid-epoch). On CUDA
-    the augment work is asynchronous, so the wall time counts the consumer's GPU work only where it syncs.
-    """
-
-    def __init__(self, loader: BetonLoader, augment: Callable[..., tuple[torch.Tensor, Any]]) -> None:
-        self.loader = loader
-        self.augment = augment
-        self.wait_s = 0.0
-        self.start: float | None = None
-        self.end: float | None = None
-        self.batches = 0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    @property
-    def elapsed_s(self) -> float:
-        if self.start is None:
-            return 0.0
-        return (self.end if self.end is not None else time.perf_counter()) - self.start
-
-    @property
-    def wait_fraction(self) -> float:
-        elapsed = self.elapsed_s
-        return self.wait_s / elapsed if elapsed > 0 else 0.0
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any, dict[str, torch.Tensor]]]:
-        self.wait_s, self.batches, self.end = 0.0, 0, None
-        self.start = time.perf_counter()
-        batches = iter(self.loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                self.wait_s += time.perf_counter() - t0
-                break
-            self.wait_s += time.perf_counter() - t0
-            self.batches += 1
-            x, targets = self.augment(batch.images, batch.labels)
-            yield x, targets, batch.extras
-        self.end = time.perf_counter()

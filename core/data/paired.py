@@ -2,7 +2,7 @@
 the selected pretraining images (core/models/two_head.py says how the rows are scored).
 
 The selected images are rows of the pretraining beton, served by an ordinary core.data.loader loader given those rows
-(ffcv's `indices`, nothing is copied; core.data.loader.rows_with_labels finds them). `PairedLoader` stands in for the
+(ffcv's `indices`, nothing is copied; core.data.beton_file.rows_with_labels finds them). `PairedLoader` stands in for the
 run's training loader in core.train.run.run: an epoch is one pass of the target loader; the selected loader
 cycles. For exact resume the selected stream of target epoch e is a function of e alone: it starts selected
 epoch e * cycles (cycles = selected epochs one target epoch can use up) and moves to the next selected epoch
@@ -20,15 +20,16 @@ from collections.abc import Iterator
 import torch
 
 from core.data.augment import GpuAugment
-from core.data.loader import Batch, BetonLoader
+from core.data.source import Batch, BatchSource
 from core.models.two_head import SELECTED
 
 
 class PairedLoader:
-    """Target batches with a selected batch appended: images concatenated (target rows first), labels
-    {target levels..., SELECTED: selected class 0..K-1}, extras those of the target batch."""
+    """A core.data.source.BatchSource of target batches with a selected batch appended: images concatenated
+    (target rows first), labels {target levels..., SELECTED: selected class 0..K-1}, extras those of the target
+    batch. Target and selected loaders are any BatchSource (ffcv's or the resident one)."""
 
-    def __init__(self, target: BetonLoader, selected: BetonLoader, source_level: str,
+    def __init__(self, target: BatchSource, selected: BatchSource, source_level: str,
                  class_map: torch.Tensor) -> None:
         if len(selected) == 0:
             raise ValueError("the selected loader yields no batch (fewer selected images than its batch size)")

@@ -3,8 +3,8 @@
 For small data sets (CIFAR-100 at 32 px, the synthetic presets at 16-64 px) the whole decoded split fits in
 device memory, so ffcv's per-epoch CPU decode is work done again and again for nothing. `build_resident_loader`
 reads every image once (core/data/beton_images.py, no ffcv Loader), stores them on `device` as one uint8 tensor padded
-to the largest stored size plus each image's (height, width), and serves `core.data.loader.Batch`es like
-core.data.loader.BetonLoader (same properties, same epoch/resume semantics): each batch's crops are one batched
+to the largest stored size plus each image's (height, width), and serves `core.data.source.Batch`es like
+core.data.loader.BetonLoader (both are core.data.source.BatchSource: same epoch/resume semantics): each batch's crops are one batched
 affine_grid + grid_sample, rounded back to uint8 NHWC, so the device stage (core.data.augment.GpuAugment: flip,
 normalise, mixup/cutmix) is the same as with ffcv. Memory: N x H x W x 3 bytes per split (H, W the largest
 stored height and width); a split over `max_bytes` is refused before anything is read.
@@ -38,19 +38,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.data.beton_file import BetonError, beton_columns, check_indices, column_values
 from core.data.beton_images import image_sizes, padded_nbytes, read_images
-from core.data.loader import (VAL_CROP_RATIO, Batch, BetonError, beton_columns, check_indices, check_request,
-                         column_values)
+from core.data.loader import VAL_CROP_RATIO, check_request
+from core.data.seeded_crop import ASPECT_RATIO
+from core.data.source import Batch
 
-ASPECT_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect range, as in core.data.seeded_crop
 CROP_TRIES = 10  # torchvision's and ffcv's tries before the centre-crop fallback
-DEFAULT_MAX_BYTES = 8 * 10**9  # matches run_config.DataConfig.resident_max_gb's default
 
 
 class ResidentMemoryError(BetonError):
@@ -125,29 +125,24 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class ResidentLoader:
-    """core.data.loader.BetonLoader's interface over images held on the device: iterating yields `Batch`es for the
-    epoch `self.epoch` and then advances it by one; crops and order are a function of (seed, epoch)."""
+    """A core.data.source.BatchSource over images held on the device: iterating yields `Batch`es for the epoch
+    `self.epoch` and then advances it by one; crops and order are a function of (seed, epoch)."""
 
     def __init__(self, images: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor,
                  labels: dict[str, torch.Tensor], extras: dict[str, torch.Tensor], *,
                  split: Literal["train", "val"], batch_size: int, resolution: int, order: str, drop_last: bool,
-                 seed: int, scale: tuple[float, float]) -> None:
+                 seed: int, scale: tuple[float, float] | None) -> None:
         self.images = images  # uint8 (N, H, W, 3) on the device, padded
         self.heights, self.widths = heights, widths  # int64 (N,) on the CPU, where the boxes are drawn
         self._labels, self._extras = labels, extras  # name -> int64 (N,) on the device
         self.levels, self.extra_columns = list(labels), list(extras)
         self.split, self.order, self.drop_last = split, order, drop_last
-        self.seed, self.scale = int(seed), (float(scale[0]), float(scale[1]))
+        self.seed = int(seed)
+        self.scale = None if scale is None else (float(scale[0]), float(scale[1]))  # None: val (no random crop)
         self._batch_size = int(batch_size)
         self._resolution = int(resolution)
         self._epoch = 0
         self._val_boxes = center_crop_boxes(heights, widths, VAL_CROP_RATIO) if split == "val" else None
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("ffcv", "decoder"):  # BetonLoader's ffcv internals: there are none here
-            raise AttributeError(f"ResidentLoader has no {name!r}: images are decoded once and cropped on the "
-                                 "device (core/data/resident.py); use resolution / set_resolution / set_epoch")
-        raise AttributeError(name)
 
     # progressive resizing and resume, as BetonLoader
     @property
@@ -206,15 +201,14 @@ def build_resident_loader(path: str | Path, *, split: Literal["train", "val"], b
                           levels: Sequence[str], resolution: int,
                           order: Literal["random", "quasi_random", "sequential"], drop_last: bool | None,
                           extra_columns: Sequence[str] = (), seed: int,
-                          device: str | torch.device, scale: tuple[float, float] = (0.08, 1.0),
-                          indices: Sequence[int] | np.ndarray | None = None,
-                          max_bytes: int = DEFAULT_MAX_BYTES) -> ResidentLoader:
+                          device: str | torch.device, scale: tuple[float, float] | None = None,
+                          indices: Sequence[int] | np.ndarray | None = None, max_bytes: int) -> ResidentLoader:
     """A ResidentLoader over the beton at `path`; the arguments mean what they mean for core.data.loader.build_loader.
 
     levels may name derived levels (core/format/derived.py), looked up once here. max_bytes: refuse (ResidentMemoryError)
-    when the padded images (N x H x W x 3 bytes) would take more."""
+    when the padded images (N x H x W x 3 bytes) would take more (the run's cap is data.resident_max_gb)."""
     path = Path(path)
-    levels, extra_columns, _ = check_request(split, order, levels, extra_columns)
+    levels, extra_columns, _ = check_request(split, order, levels, extra_columns, scale)
     if batch_size < 1 or resolution < 1:
         raise ValueError(f"batch_size and resolution must be >= 1, got {batch_size} and {resolution}")
 
@@ -246,4 +240,4 @@ def build_resident_loader(path: str | Path, *, split: Literal["train", "val"], b
     return ResidentLoader(torch.from_numpy(data.pixels).to(device), torch.from_numpy(data.heights),
                           torch.from_numpy(data.widths), {lv: values(lv) for lv in levels},
                           {c: values(c) for c in extra_columns}, split=split, batch_size=batch_size,
-                          resolution=resolution, order=order, drop_last=drop_last, seed=seed, scale=tuple(scale))
+                          resolution=resolution, order=order, drop_last=drop_last, seed=seed, scale=scale)

@@ -38,6 +38,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
 _ONE = np.uint64(1)
 DCT_EIGHTHS = 8  # libjpeg-turbo scales by k/8
+ASPECT_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect range (torchvision's and ffcv's default)
 
 
 def _splitmix(state: np.uint64, value: np.uint64) -> np.uint64:
@@ -82,7 +83,10 @@ def _crop_decoder() -> Callable:
             return
         k = eighths_c(h, w, np.int64(destination.shape[0]), np.int64(destination.shape[1]))
         sh, sw = scaled_c(height, k), scaled_c(width, k)
-        imdecode_c(image_data, temp, height, width, height, width, 0, 0, k, eighths, False, False)
+        # ffcv ignores imdecode's status and would serve whatever a damaged JPEG left in `temp`; raising ends the
+        # epoch instead (core/data/ffcv_loader.py names the beton and the row)
+        if imdecode_c(image_data, temp, height, width, height, width, 0, 0, k, eighths, False, False) != 0:
+            raise ValueError("TurboJPEG cannot decode an image")
         scaled = temp.reshape(-1)[:sh * sw * 3].reshape(sh, sw, 3)
         # the crop box in scaled pixels, each edge rounded to the nearest (scaled pixel p covers stored pixels
         # 8p/k .. 8(p+1)/k): at most half a scaled pixel off, i.e. under half an output pixel
@@ -97,7 +101,8 @@ def _crop_decoder() -> Callable:
 class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
     """RandomResizedCrop with crops a pure function of (seed, epoch), decoding JPEGs at a reduced DCT scale."""
 
-    def __init__(self, output_size: tuple[int, int], seed: int, scale=(0.08, 1.0), ratio=(0.75, 4 / 3)):
+    def __init__(self, output_size: tuple[int, int], seed: int, scale: tuple[float, float],
+                 ratio: tuple[float, float] = ASPECT_RATIO):
         super().__init__(output_size, scale=scale, ratio=ratio)
         self.seed = int(seed)
 

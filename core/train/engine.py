@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from core.device import Precision
 from core.format.hierarchy import Hierarchy
-from core.data.loader import BetonLoader, GpuBatches
+from core.data.source import BatchSource, GpuBatches
 from core.train.metrics import LevelAccuracy
 from core.train.objective import Objective
 
@@ -73,7 +73,7 @@ def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: t
 
 
 @torch.no_grad()
-def evaluate(*, forward: Callable[[torch.Tensor], torch.Tensor], loader: BetonLoader,
+def evaluate(*, forward: Callable[[torch.Tensor], torch.Tensor], loader: BatchSource,
              augment: Callable, hierarchy: Hierarchy, level: str, precision: Precision,
              loss_fn: Callable | None = None, objective: Objective | None = None,
              desc: str = "eval") -> dict[str, float]:
