@@ -51,8 +51,11 @@ def test_levels_named_like_yaml_words_and_paths_with_hash_plan_and_run(finished)
         "pretrain-on-s0", "pretrain-no-s0", "scratch-no-s0", "transfer-on-linear-s0", "transfer-on-select-s0",
         "transfer-no-linear-s0", "transfer-no-select-s0", "cluster-on-s0", "cluster-no-s0"])
     assert set(records[0]["states"].values()) == {"done"}, records
-    for j in plan.jobs:  # each run read the dataset and the level it was given
+    for j in plan.jobs:  # each run read the dataset and the level it was given (a clustering job: its source's)
         assert run_folder.is_done(j.run_dir), j.name
+        if j.kind == "cluster":
+            assert json.loads((Path(j.run_dir) / "result.json").read_text())["run"] == j.source
+            continue
         saved = cfglib.load(RunConfig, Path(j.run_dir) / "config.yaml")
         assert (saved.data.path, saved.data.level) == (j.config.data.path, j.config.data.level)
 
