@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +136,32 @@ def test_gpu_batches_augments_and_measures_waiting(dataset):
         count += x.shape[0]
     assert count == NUM_SAMPLES and batches.batches == len(loader)
     assert batches.elapsed_s > 0 and 0.0 < batches.wait_fraction <= 1.0
+
+
+FINALIZER_SCRIPT = """
+import gc, sys
+from core.data.loader import build_loader
+
+def epoch(split):
+    loader = build_loader(sys.argv[1], split=split, batch_size=16, num_workers=1, levels=["class"], resolution=16,
+                          order="random", os_cache=True, distributed=False, drop_last=None, seed=0, device="cpu",
+                          scale=(0.35, 1.0))
+    for _ in loader:
+        pass
+    return loader
+
+first = epoch("train")
+second = epoch("val")  # before the fix, its memory manager changed a type the first one's decoders were keyed by
+del first
+gc.collect()  # the first loader's numba dispatchers are finalized here
+print("ok")
+"""
+
+
+def test_no_numba_finalizer_traces(tiny_dataset):
+    """ffcv's OSCacheManager mutated numba's interned uint8[::1] type, and each collected decoder dispatcher then
+    printed "Exception ignored in: <finalize object> ... KeyError" (core/data/ffcv_loader.py)."""
+    proc = subprocess.run([sys.executable, "-c", FINALIZER_SCRIPT, str(tiny_dataset / "train.beton")],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+    assert "Exception ignored" not in proc.stderr and "KeyError" not in proc.stderr, proc.stderr[-2000:]

@@ -129,7 +129,7 @@ def allocation_sizes(path: Path, reader: Reader, pointers: np.ndarray,
         k = int(missing[0])
         row = k if rows is None else int(rows[k])
         raise DamagedBetonError(f"{path}: row {row}'s image pointer {pointers[k]} is not in the allocation table; "
-                                "the file is damaged (truncated or overwritten)")
+                                "the file is damaged (truncated or overwritten): convert the data again")
     return sizes[at].astype(np.int64)
 
 
