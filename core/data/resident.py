@@ -2,12 +2,13 @@
 
 For small data sets (CIFAR-100 at 32 px, the synthetic presets at 16-64 px) the whole decoded split fits in
 device memory, so ffcv's per-epoch CPU decode is work done again and again for nothing. `build_resident_loader`
-reads every image once (core/data/beton_images.py, no ffcv Loader), stores them on `device` as one uint8 tensor padded
-to the largest stored size plus each image's (height, width), and serves `core.data.source.Batch`es like
-core.data.loader.BetonLoader (both are core.data.source.BatchSource: same epoch/resume semantics): each batch's crops are one batched
-affine_grid + grid_sample, rounded back to uint8 NHWC, so the device stage (core.data.augment.GpuAugment: flip,
-normalise, mixup/cutmix) is the same as with ffcv. Memory: N x H x W x 3 bytes per split (H, W the largest
-stored height and width); a split over `max_bytes` is refused before anything is read.
+reads every image once (core/data/beton_images.py, no ffcv Loader), stores them on `device` as one uint8 tensor
+padded to the largest stored size plus each image's (height, width), and serves `core.data.source.Batch`es like
+core.data.loader.BetonLoader (both are core.data.source.BatchSource: same epoch/resume semantics): each batch's
+crops are one batched affine_grid + grid_sample, rounded back to uint8 NHWC, so the device stage
+(core.data.augment.GpuAugment: flip, normalise, mixup/cutmix) is the same as with ffcv. Memory: N x H x W x 3
+bytes per split (H, W the largest stored height and width); a split over `max_bytes` is refused before anything
+is read.
 
 Facts it relies on:
 - The random crop box is drawn as torchvision's RandomResizedCrop.get_params and ffcv's get_random_crop
@@ -205,8 +206,9 @@ def build_resident_loader(path: str | Path, *, split: Literal["train", "val"], b
                           indices: Sequence[int] | np.ndarray | None = None, max_bytes: int) -> ResidentLoader:
     """A ResidentLoader over the beton at `path`; the arguments mean what they mean for core.data.loader.build_loader.
 
-    levels may name derived levels (core/format/derived.py), looked up once here. max_bytes: refuse (ResidentMemoryError)
-    when the padded images (N x H x W x 3 bytes) would take more (the run's cap is data.resident_max_gb)."""
+    levels may name derived levels (core/format/derived.py), looked up once here. max_bytes: refuse
+    (ResidentMemoryError) when the padded images (N x H x W x 3 bytes) would take more (the run's cap is
+    data.resident_max_gb)."""
     path = Path(path)
     levels, extra_columns, _ = check_request(split, order, levels, extra_columns, scale)
     if batch_size < 1 or resolution < 1:
