@@ -1,5 +1,5 @@
-"""What an executor is: `check` its parameters, `submit` a plan's unfinished jobs, read the `states` of jobs it
-submitted. Shared by all executors: run folders derived from the sweep folder, and the per-run error log.
+"""What an executor is: `check` its parameters, be `ready` (a cluster that answers), `submit` a plan's unfinished
+jobs, read the `states` of jobs it submitted. Shared by all executors: run folders derived from the sweep folder, and the per-run error log.
 
 Run folders are always <sweep>/runs/<name> under the folder this call was given (never a path stored earlier),
 so a copied or moved sweep folder reads and runs its own runs, not the old location's.
