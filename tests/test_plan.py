@@ -160,3 +160,42 @@ def test_report_cells_with_one_seed_show_no_spread(finished):
     assert rows and all("±" not in line for line in rows), md
     assert report._fmt(0.5, 0.0, 1) == "50.0" and report._fmt(0.5, 0.01, 2) == "50.0 ± 1.0"
     assert report._fmt(None, None, 0) == "n/a"
+
+
+def test_select_arm_defaults_are_cores():
+    from core.methods.select_transfer import SelectConfig
+
+    ours, core = SelectArmConfig(), SelectConfig()
+    assert (ours.lam, ours.batch_size) == (core.lam, core.batch_size)
+
+
+class Probe(arms.Arm):
+    """A new arm, as a module would hold it: one job per pretraining run, its result written by its own run."""
+
+    name, stage, kind, table = "probe", 2, "probe", "target"
+
+    def plan(self, ctx, sources):
+        return [ctx.follow(self, src, src.config, ctx.target) for src in sources]
+
+    def run(self, spec, run_dir, resume):
+        result = {f"acc1/{spec.level}": 0.25, "source": spec.source}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "result.json").write_text(json.dumps(result))
+        return result
+
+
+def test_a_new_arm_is_one_class_and_one_registry_entry(finished, monkeypatch):
+    from launch.jobs import RunJob
+
+    cfg, plan, _, root, _ = finished
+    monkeypatch.setattr(arms, "ARMS", (*arms.ARMS, Probe()))  # the one registry line
+    new = planlib.plan_sweep(cfg, root / "sw")
+    probes = [j for j in new.jobs if j.kind == "probe"]
+    assert sorted(j.name.rsplit("-", 1)[0] for j in probes) == ["probe-no-s0", "probe-on-s0"]
+    assert [j for j in new.jobs if j.kind != "probe"] == plan.jobs  # the other runs keep their folders
+    for j in probes:
+        assert j.stage == 2 and RunJob()(j)["source"] == j.source
+    new.save()
+    rows, missing = report.collect(planlib.load_plan(root / "sw"))
+    assert not missing and sorted(r["pretrain_level"] for r in rows if r["kind"] == "probe") == ["no", "on"]
+    plan.save()  # the sweep folder as the other tests expect it
