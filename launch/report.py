@@ -4,8 +4,9 @@ report.csv - one row per setting: kind (transfer / scratch), arm ('' or 'multile
              select), pretraining level and its class count (which jobs go in which table, their labels and
              plot styles: each job's sweep arm, launch/arms/),
              seeds finished, mean and std (over seeds, ddof=1; 0 for one seed) of top-1 on all and hard samples.
-report.md  - the same table (one seed: its value, no spread), the runs still missing, and the chance level; then the pretraining runs themselves
-             read at the target level before any transfer (also report-pretrained.csv); then, where the
+report.md  - the same table (a cell with one seed: its value, no spread), the runs still missing, and the chance
+             level; then the pretraining runs themselves read at the target level before any transfer (also
+             report-pretrained.csv); then, where the
              sweep has clustering jobs, a table "Clustering of frozen pretrained features".
 report-clustering.csv - that second table: one row per (pretraining level, evaluated level), seeds finished, mean
              and std over seeds of NMI, ARI and Hungarian accuracy of k-means (k = the evaluated level's classes)
