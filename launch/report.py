@@ -166,6 +166,11 @@ def _fmt(mean: float | None, std: float | None, seeds: int) -> str:
     return f"{100 * mean:.1f}" if seeds < 2 else f"{100 * mean:.1f} ± {100 * (std or 0):.1f}"
 
 
+def _acc_cells(r: dict) -> str:
+    """The 'all' and 'hard' cells of a row."""
+    return " | ".join(_fmt(r[f"acc_{w}_mean"], r[f"acc_{w}_std"], r["seeds"]) for w in ("all", "hard"))
+
+
 def _markdown(plan: Plan, rows: list[dict], missing: list[str]) -> str:
     t = plan.target_level
     lines = [f"# Sweep report: {plan.sweep_dir.name}", "",
@@ -176,8 +181,7 @@ def _markdown(plan: Plan, rows: list[dict], missing: list[str]) -> str:
     for r in rows:
         setting = arms.origin(r["kind"], r["arm"]).setting(r["pretrain_level"], t)
         lines.append(f"| {setting} | {r['mode'] or '-'} | {r['pretrain_level'] or '-'} | "
-                     f"{r['pretrain_classes'] or '-'} | {r['seeds']} | {_fmt(r['acc_all_mean'], r['acc_all_std'], r['seeds'])} "
-                     f"| {_fmt(r['acc_hard_mean'], r['acc_hard_std'], r['seeds'])} |")
+                     f"{r['pretrain_classes'] or '-'} | {r['seeds']} | {_acc_cells(r)} |")
     lines.append("")
     if missing:
         lines += [f"Missing ({len(missing)} runs without result.json): " + ", ".join(missing), ""]
@@ -193,9 +197,7 @@ def _pretrained_markdown(plan: Plan, rows: list[dict]) -> str:
              "", "| pretraining level (classes) | seeds | all | hard |", "|---|---|---|---|"]
     for r in rows:
         arm = arms.origin(arms.SOURCE_KIND, r["arm"]).suffix
-        n = r["seeds"]
-        lines.append(f"| {r['pretrain_level']}{arm} ({r['pretrain_classes']}) | {n} | "
-                     f"{_fmt(r['acc_all_mean'], r['acc_all_std'], n)} | {_fmt(r['acc_hard_mean'], r['acc_hard_std'], n)} |")
+        lines.append(f"| {r['pretrain_level']}{arm} ({r['pretrain_classes']}) | {r['seeds']} | {_acc_cells(r)} |")
     lines.append("")
     return "\n".join(lines)
 
