@@ -1,6 +1,6 @@
 """What a training run minimises, and how its model output is read as class scores.
 
-The engine (core/train/engine.py) only knows this interface; a run picks one in core/train_run.build_parts:
+The engine (core/train/engine.py) only knows this interface; a run picks one in core.train.parts.build_parts:
     train_levels  - the label columns the training loader must deliver (and mixup must make soft)
     loss(output, targets) - the scalar to minimise; `targets` maps level -> labels (indices or soft)
     logits(output) - class scores at the run's level, for training accuracy and evaluation

@@ -174,7 +174,7 @@ def objective_levels(cfg: RunConfig, level: str) -> tuple[str, ...]:
 
 
 def build_run_model(cfg: RunConfig, hierarchy: hlib.Hierarchy, level: str) -> nn.Module:
-    """The freshly initialised network of a run with config `cfg` at `level` (as core.train.run.check_data gives
+    """The freshly initialised network of a run with config `cfg` at `level` (as core.train.parts.check_data gives
     them): a single-head model for train.objective=single, a MultiLevelModel for semantic_softmax."""
     if cfg.train.objective == "single":
         return build_model(cfg.model.name, hierarchy.level(level).num_classes, cfg.data.resolution,
