@@ -33,6 +33,12 @@ def owner(folder: str | Path) -> dict | None:
         return None
 
 
+def held(folder: str | Path) -> dict | None:
+    """The owner record of a live lock on `folder` (a lock of another host counts as live), else None."""
+    rec = owner(folder)
+    return rec if rec is not None and _alive(rec) else None
+
+
 def _alive(rec: dict) -> bool:
     if rec.get("host") != socket.gethostname():
         return True  # cannot tell from here: treat as held

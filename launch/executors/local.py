@@ -10,8 +10,6 @@ the sweep folder's lock: after a Ctrl-C or a crash they are "todo" again.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from pathlib import Path
 
@@ -67,15 +65,5 @@ class LocalExecutor(base.Executor):
 
 def _written_by_live_sweep(sweep_dir: Path, rec: dict) -> bool:
     """Whether the sweep that wrote `rec` is still running: it holds the sweep folder's lock since before."""
-    owner = lock.owner(sweep_dir)
-    if owner is None or owner.get("time", float("inf")) > rec.get("time", 0.0):
-        return False
-    if owner.get("host") != socket.gethostname():
-        return True  # another machine's process cannot be checked from here (core/format/lock.py does the same)
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    return True
+    owner = lock.held(sweep_dir)
+    return owner is not None and owner.get("time", float("inf")) <= rec.get("time", 0.0)
