@@ -62,15 +62,17 @@ def measure_stage(*, res: int, batch_size: int, device: str = "cpu", runs: int =
 
 def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int):
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
+    from ffcv.loader import OrderOption
     from ffcv.transforms import ToTensor
 
     from core.data.beton_file import beton_columns
+    from core.data.ffcv_loader import GuardedLoader
 
     pipelines: dict[str, Any] = {c: None for c in beton_columns(path)}
     pipelines["image"] = [SimpleRGBImageDecoder(), ToTensor()]
-    loader = Loader(str(path), batch_size=batch_size, num_workers=workers, os_cache=True,
-                    order=OrderOption.RANDOM, seed=seed, pipelines=pipelines, drop_last=True)
+    # ffcv's Loader and decoder as they are; the guard only ends an epoch on a worker error instead of hanging
+    loader = GuardedLoader(str(path), batch_size=batch_size, num_workers=workers, os_cache=True,
+                           order=OrderOption.RANDOM, seed=seed, pipelines=pipelines, drop_last=True)
 
     def epoch() -> int:
         n = 0

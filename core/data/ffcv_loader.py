@@ -9,14 +9,9 @@ damaged image: a ValueError from numba's reshape, a SystemError from a decode), 
 naming the beton, and the row at fault where a decode of the failed batch's rows in the main thread
 (core.data.beton_images.read_images) finds one.
 
-Read-only state type. ffcv's OSCacheManager.state_type sets `mutable = False` on `numba.uint8[::1]`, the interned
-type of every writable C-contiguous uint8 vector: its key, hence its hash, changes while it sits in dispatchers'
-overload dicts (as an argument type of the decoders' compiled functions, core/data/seeded_crop.py). When such a
-dispatcher is collected, its finalizer walks that dict and fails: the "Exception ignored in: <finalize object>
-... KeyError: (Array(uint8, 1, 'C', True, ...), ...)" traces seen after a second Loader (numba 0.68.1; the
-second loader's state_type mutates the type the first loader's decoders were compiled with). Here
-OSCacheManager.state_type and compile_reader (its only caller, for the reader's signature) are replaced, once,
-by versions that build the read-only types instead of mutating shared ones.
+numba's type cache. Every ffcv Loader built with os_cache corrupted numba's interned uint8[::1] type, and
+collected decoder dispatchers then printed "Exception ignored ... KeyError" traces; core.format.ffcv_types says
+why and mends it, here once at import, before any Loader is built.
 """
 
 from __future__ import annotations
@@ -24,15 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from queue import Full
 
-import numba as nb
 import numpy as np
 from ffcv.loader import Loader
 from ffcv.loader.epoch_iterator import IS_CUDA, EpochIterator
-from ffcv.memory_managers.os_cache import OSCacheManager
 from ffcv.pipeline.compiler import Compiler
 
 from core.data.beton_file import BetonError
 from core.data.beton_images import read_images
+from core.format.ffcv_types import mend_os_cache_types
 
 QUEUE_POLL_S = 0.5  # how often a worker blocked on a full queue checks whether the epoch was closed (as ffcv's)
 ROWS_SHOWN = 8  # rows of a failed batch named in the message when no single row is found at fault
@@ -42,29 +36,8 @@ class LoaderWorkerError(BetonError):
     """An error in a loader's worker thread; the message names the beton and the row(s) being decoded."""
 
 
-def _read_only_state_type(self: OSCacheManager) -> nb.types.Tuple:
-    """OSCacheManager.state_type with its types built, not mutated (module docstring)."""
-    data = nb.types.Array(nb.uint8, 1, "C", readonly=True)  # the memory map, opened mode='r'
-    table = nb.types.Array(nb.uint64, 1, "C")  # the sorted pointers and sizes of the allocation table
-    return nb.types.Tuple([data, table, table])
-
-
-def _compile_reader(self: OSCacheManager):
-    """OSCacheManager.compile_reader (memory_managers/os_cache.py) on the built types. ffcv's signature,
-    `nb.uint8[::1](nb.uint64, self.state_type)`, made its return type read-only only through the mutation."""
-    state = _read_only_state_type(self)
-
-    def read(address, mem_state):
-        size = mem_state[2][np.searchsorted(mem_state[1], address)]
-        return mem_state[0][address:address + size]
-
-    return Compiler.compile(read, state.types[0](nb.uint64, state))
-
-
-# process-wide, not per loader: the mutated type is numba's shared one, so any ffcv Loader in the process (the
-# tests' and benchmarks' plain ones too) would break the dispatchers of ours
-OSCacheManager.state_type = property(_read_only_state_type)
-OSCacheManager.compile_reader = _compile_reader
+# before any Loader: ffcv's os_cache manager would otherwise corrupt numba's type cache (module docstring)
+mend_os_cache_types()
 
 
 class GuardedLoader(Loader):
