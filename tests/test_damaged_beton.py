@@ -199,3 +199,20 @@ def test_the_cli_prints_one_line_and_exits_2(tiny_dataset, tmp_path, capsys):
                 "--set", "data.resolution=16", "--set", "train.epochs=1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and str(data / "train.beton") in err[0], err
+
+
+def test_a_worker_error_mid_run_ends_grainsweep_train_in_one_line(jpg_dataset, tmp_path, capsys):
+    """The whole path: the run starts, the worker fails in the first epoch, the CLI prints the row and exits 2."""
+    data = tmp_path / "tiny"
+    shutil.copytree(jpg_dataset, data)
+    beton = data / "train.beton"
+    raw = bytearray(beton.read_bytes())
+    ptr = int(Reader(str(beton)).metadata["f0"]["data_ptr"][BAD_ROW])
+    raw[ptr:ptr + 16] = bytes(16)
+    beton.write_bytes(bytes(raw))
+    code = cli(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--set", "model.name=bmlp",
+                "--set", "model.kwargs={depth: 1, width: 16}", "--set", "data.resolution=16",
+                "--set", "data.batch_size=16", "--set", "train.epochs=1"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(err) == 1, err
+    one_line_naming(err[0].split("error: ", 1)[1], beton, f"row {BAD_ROW}")
