@@ -37,7 +37,7 @@ def _check_resume_config(folder: RunFolder, cfg: RunConfig) -> None:
                                  "with the same settings or use a new run folder")
 
 
-def _check_resume_dataset(folder: RunFolder, data: str) -> None:
+def _record_or_check_dataset(folder: RunFolder, data: str) -> None:
     record = folder.dataset_record()
     if record is None:
         folder.record_dataset(data)
@@ -74,8 +74,8 @@ def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, parts: Parts 
         # the newest readable checkpoint: a damaged newest one (killed mid-copy, full disk) is skipped
         _, state = checkpoint.load_newest(ckpt_dir, model=p.model, optimizer=p.optimizer, what=str(run_dir))
         start_epoch, step = int(state["epoch"]), int(state["step"])
+    _record_or_check_dataset(folder, cfg.data.path)  # before anything in the folder is rewritten
     provenance.record(run_dir, cfg, {"level": p.level, "device": str(p.device)})
-    _check_resume_dataset(folder, cfg.data.path)
     log = RunLog(run_dir, start_epoch=start_epoch, purge_step=step if step else None)
     result: dict = {}
     try:
