@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import queue
 from dataclasses import dataclass
 from multiprocessing import Queue, Value
 from pathlib import Path
@@ -150,15 +151,16 @@ def _checked_writer_class() -> type:
                         if val > previous:
                             progress.update(val - previous)
                         previous = val
-                        failed = [p for p in processes if p.exitcode not in (None, 0)]
-                        if any(p.exitcode == workers.DISK_FULL_EXIT for p in failed):
-                            raise OSError(errno.ENOSPC, f"writing {self.fname}: no space left on device")
-                        if failed:
-                            raise RuntimeError(f"writing {self.fname}: a writer process exited with code "
-                                               f"{failed[0].exitcode} (its traceback is printed above)")
+                        _check_workers(processes, self.fname)
                         sleep(0.05)
+                # a worker can still fail after its last sample (flushing its pages): poll, never block
                 for _ in processes:
-                    allocation_list.extend(allocations_queue.get())
+                    while True:
+                        try:
+                            allocation_list.extend(allocations_queue.get(timeout=0.5))
+                            break
+                        except queue.Empty:
+                            _check_workers(processes, self.fname)
                 for p in processes:
                     p.join()
                 self.finalize(allocation_list)
@@ -170,3 +172,13 @@ def _checked_writer_class() -> type:
                 self.metadata_sm.unlink()
 
     return CheckedWriter
+
+
+def _check_workers(processes: list, fname: str) -> None:
+    """Raises when a writer process has failed (OSError ENOSPC when it ran out of disk space)."""
+    failed = [p for p in processes if p.exitcode not in (None, 0)]
+    if any(p.exitcode == workers.DISK_FULL_EXIT for p in failed):
+        raise OSError(errno.ENOSPC, f"writing {fname}: no space left on device")
+    if failed:
+        raise RuntimeError(f"writing {fname}: a writer process exited with code {failed[0].exitcode} "
+                           f"(its traceback is printed above)")

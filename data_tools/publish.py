@@ -38,7 +38,7 @@ class DatasetExistsError(RuntimeError):
     """The output folder holds something else; the message says what and how to proceed."""
 
 
-class DiskFullError(OSError):
+class DiskFullError(RuntimeError):
     """The file system ran out of space (or quota) while writing; nothing was published."""
 
 
@@ -127,7 +127,7 @@ def _publish_locked(out_dir: Path, digest: str, inputs: dict, build: Callable, f
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
         if e.errno in DISK_FULL:
-            raise DiskFullError(e.errno, f"no space left on the device of {out_dir.parent} while writing "
+            raise DiskFullError(f"no space left on the device of {out_dir.parent} while writing "
                                          f"{out_dir.name}; nothing was published and the partial folder was "
                                          f"removed: free some space, or choose an --out on another disk") from None
         raise

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from core.format import config as cfglib
-from data_tools import convert_source, convert_synthetic
+from data_tools import convert_source, convert_synthetic, publish
 from data_tools.sources import SOURCES
 from data_tools.sources.catalog import SourceError
 
@@ -77,6 +77,23 @@ def source_overrides(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    try:
+        out, built = convert(args)
+    except (SourceError, convert_source.RejectsError, publish.DiskFullError) as e:
+        # the user's input or disk: one message, no traceback
+        print(f"grainsweep convert: error: {e}", file=sys.stderr)
+        return 2
+    if out is None:  # --print-config
+        return 0
+    if built:
+        print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    else:
+        print(f"{out} is up to date (same inputs and options); use --force to rewrite")
+    return 0
+
+
+def convert(args: argparse.Namespace):
+    """(folder, whether it was built); (None, False) after --print-config."""
     if args.kind == "synthetic":
         if args.src:
             raise cfglib.ConfigError("'convert synthetic' takes no SRC; its settings come from --preset/--set")
@@ -86,26 +103,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = convert_synthetic.load_config(args.preset, args.config, [*args.overrides, *extra])
         if args.print_config:
             print(cfglib.to_yaml(cfg), end="")
-            return 0
-        out, built = convert_synthetic.convert(args.out, cfg, force=args.force)
-    else:
-        if args.preset:
-            raise cfglib.ConfigError("--preset applies to 'synthetic' only")
-        cfg = convert_source.load_config(args.kind, args.config, [*source_overrides(args), *args.overrides])
-        if args.print_config:
-            print(cfglib.to_yaml(cfg), end="")
-            return 0
-        if not args.src:
-            raise cfglib.ConfigError(f"'convert {args.kind}' needs SRC, the source folder or file")
-        try:
-            result = convert_source.convert(args.kind, args.src, args.out, cfg, force=args.force)
-        except (SourceError, convert_source.RejectsError) as e:
-            # malformed sources, unknown wnids and too many rejects are the user's input: one message, no traceback
-            print(f"grainsweep convert: error: {e}", file=sys.stderr)
-            return 2
-        out, built = result.out, result.built
-    if built:
-        print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
-    else:
-        print(f"{out} is up to date (same inputs and options); use --force to rewrite")
-    return 0
+            return None, False
+        return convert_synthetic.convert(args.out, cfg, force=args.force)
+    if args.preset:
+        raise cfglib.ConfigError("--preset applies to 'synthetic' only")
+    cfg = convert_source.load_config(args.kind, args.config, [*source_overrides(args), *args.overrides])
+    if args.print_config:
+        print(cfglib.to_yaml(cfg), end="")
+        return None, False
+    if not args.src:
+        raise cfglib.ConfigError(f"'convert {args.kind}' needs SRC, the source folder or file")
+    result = convert_source.convert(args.kind, args.src, args.out, cfg, force=args.force)
+    return result.out, result.built

@@ -171,3 +171,26 @@ def test_sigkill_of_a_conversion_leaves_no_worker_alive(tmp_path, stage):
     for p in alive:  # not left behind by a failing test either
         p.kill()
     assert not survivors
+
+
+# environment faults
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (a real file system that fills up: ENOSPC), unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_disk_full_is_one_line_and_leaves_no_folder(small_disk, capsys):
+    out = small_disk / "ds"
+    assert cli([*TINY, "--out", str(out), "--set", "synthetic.train_per_leaf=200"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "%|" not in ln]  # no progress bars
+    assert len(err) == 1 and "no space left" in err[0] and "--out" in err[0], err
+    assert sorted(p.name for p in small_disk.iterdir()) == []  # no folder, no partial, no lock
