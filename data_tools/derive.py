@@ -52,11 +52,23 @@ class Derived(NamedTuple):
 
 
 # reading betons
-def read_int_columns(beton: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:
-    """IntField columns of a beton, read from its metadata table (no image is decoded)."""
+def open_beton(beton: str | os.PathLike):
+    """ffcv's Reader of `beton`; a file that cannot be read (permissions, truncated, not a beton) is a DerivedError
+    naming it, which the command line shows as one line."""
     from ffcv.reader import Reader
 
-    r = Reader(str(beton))
+    try:
+        return Reader(str(beton))
+    except PermissionError:
+        raise dlib.DerivedError(f"{beton}: permission denied; make it readable (chmod) or run as its owner") from None
+    except (OSError, AssertionError, ValueError, IndexError) as e:  # ffcv asserts its version; short files
+        raise dlib.DerivedError(f"{beton}: cannot be read as a beton ({type(e).__name__}: {e}); convert the "
+                                f"dataset again (grainsweep convert ... --force)") from None
+
+
+def read_int_columns(beton: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:
+    """IntField columns of a beton, read from its metadata table (no image is decoded)."""
+    r = open_beton(beton)
     missing = [n for n in names if n not in r.field_names]
     if missing:
         raise dlib.DerivedError(f"{beton}: no column(s) {missing}; it has {r.field_names}")
@@ -68,9 +80,7 @@ def pixel_features(beton: str | os.PathLike, size: int = PIXEL_SIZE) -> tuple[np
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
-    from ffcv.reader import Reader
-
-    columns = Reader(str(beton)).field_names
+    columns = open_beton(beton).field_names
     pipelines: dict = {c: None for c in columns}
     pipelines["image"] = [CenterCropRGBImageDecoder((size, size), ratio=1.0)]
     pipelines["index"] = [IntDecoder()]
@@ -224,11 +234,9 @@ def _existing(data_dir: Path, h: hlib.Hierarchy, name: str, kind: str, params: d
         hlib.validate((hlib.Level(name, ("x",), ("x",), (0,)),))
     except hlib.HierarchyError as e:
         raise dlib.DerivedError(f"derived level name {name!r}: {e}") from None
-    from ffcv.reader import Reader
-
     taken = set(h.names)
     for split in _splits(data_dir):
-        taken |= set(Reader(str(data_dir / f"{split}.beton")).field_names)
+        taken |= set(open_beton(data_dir / f"{split}.beton").field_names)
     if name in taken:
         raise dlib.DerivedError(f"{name!r} is already a level or column of {data_dir}; choose another --name")
     if name in h.derived:

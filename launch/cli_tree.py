@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from core.format import hierarchy as hlib
 from data_tools.publish import read_manifest
@@ -46,6 +47,11 @@ def render(h: hlib.Hierarchy, manifest: dict | None, examples: int) -> list[str]
 
 
 def run(args: argparse.Namespace) -> int:
-    h = hlib.load(args.dir)
+    try:
+        h = hlib.load(args.dir)
+    except PermissionError as e:
+        print(f"grainsweep tree: error: {e.filename}: permission denied; make it readable (chmod) or run as its "
+              f"owner", file=sys.stderr)
+        return 2
     print("\n".join(render(h, read_manifest(hlib.Path(args.dir)), args.examples)))
     return 0

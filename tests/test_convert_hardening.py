@@ -194,3 +194,40 @@ def test_disk_full_is_one_line_and_leaves_no_folder(small_disk, capsys):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "%|" not in ln]  # no progress bars
     assert len(err) == 1 and "no space left" in err[0] and "--out" in err[0], err
     assert sorted(p.name for p in small_disk.iterdir()) == []  # no folder, no partial, no lock
+
+
+@pytest.fixture()
+def unprivileged_copy(tiny_dataset):
+    """A copy of the tiny dataset that user 'nobody' can reach (root reads any file, so the reader must not be
+    root for a permission to matter), and a runner of `grainsweep` as that user."""
+    import tempfile
+
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to run a command as another user")
+    top = Path(tempfile.mkdtemp(prefix="gs-perm-"))
+    try:
+        top.chmod(0o777)
+        shutil.copytree(tiny_dataset, top / "ds")
+        for p in [top / "ds", *(top / "ds").rglob("*")]:
+            p.chmod(0o777 if p.is_dir() else 0o644)
+
+        def run(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                                   "-m", "launch.cli", *args], cwd=REPO, capture_output=True, text=True,
+                                  timeout=300, env={**os.environ, "NUMBA_CACHE_DIR": str(top / "numba")})
+
+        yield top / "ds", run
+    finally:
+        shutil.rmtree(top)
+
+
+def test_unreadable_files_are_one_line_in_tree_and_derive(unprivileged_copy):
+    ds, run = unprivileged_copy
+    (ds / "train.beton").chmod(0o000)
+    r = run("derive", "random", str(ds), "--groups", "2")
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(err) == 1 and "train.beton" in err[0] and "ermission" in err[0], r.stderr
+    (ds / "hierarchy.json").chmod(0o000)
+    r = run("tree", str(ds))
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(err) == 1 and "hierarchy.json" in err[0] and "ermission" in err[0], r.stderr
