@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from core.train.run_config import TRANSFER_MODES
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="transfer a run to a target level (full fine-tuning or linear probe)",
@@ -20,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="source", required=True, metavar="RUN", help="pretraining run folder")
     p.add_argument("--data", help="target dataset folder (sets data.path; default: RUN's dataset)")
     p.add_argument("--level", required=True, help="target label level (sets data.level)")
-    p.add_argument("--mode", choices=["full", "linear"], default="full",
+    p.add_argument("--mode", choices=TRANSFER_MODES, default="full",
                    help="full: fine-tune every weight; linear: train a new head on frozen features")
     p.add_argument("--out", required=True, help="run folder for the transfer")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

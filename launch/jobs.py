@@ -17,7 +17,7 @@ from pathlib import Path
 
 import submitit
 
-from core.format import run_folder
+from core.format.run_folder import RunFolder
 from launch import arms
 from launch.plan import JobSpec
 
@@ -27,13 +27,14 @@ class RunJob(submitit.helpers.Checkpointable):
         # one compile cache for every job of the sweep, so reruns and requeues do not recompile
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(spec.cache_dir)
         run_dir = Path(spec.run_dir)
-        if run_folder.is_done(run_dir):
-            return json.loads((run_dir / run_folder.RESULT_FILE).read_text())
+        folder = RunFolder(run_dir)
+        if folder.is_done():
+            return folder.result()
         # a folder with a started run is continued (requeue, or a rerun of the sweep after a crash)
         # (the sweep owns the folder: anything in it was written by an earlier start of this job)
-        resume = resume or (run_dir.is_dir() and any(run_dir.iterdir()))
-        _log_start(spec, resume)
-        if spec.source and not run_folder.is_done(spec.source):
+        resume = resume or folder.holds_run()
+        _log_start(spec, folder, resume)
+        if spec.source and not RunFolder(spec.source).is_done():
             raise RuntimeError(f"{spec.name}: its pretraining run {spec.source} has not finished")
         return arms.runner(spec.kind, spec.mode, spec.arm).run(spec, run_dir, resume)
 
@@ -42,10 +43,8 @@ class RunJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(self, spec, resume=True)
 
 
-def _log_start(spec: JobSpec, resume: bool) -> None:
-    from core.train import checkpoint
-
-    last = checkpoint.latest(Path(spec.run_dir) / run_folder.CHECKPOINT_DIR)
+def _log_start(spec: JobSpec, folder: RunFolder, resume: bool) -> None:
+    last = folder.newest_checkpoint()
     epoch = int(last.stem.removeprefix("epoch")) if last is not None and last.stem.startswith("epoch") else 0
     rec = {"time": time.time(), "host": socket.gethostname(), "job_id": os.environ.get("SLURM_JOB_ID", ""),
            "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", ""),

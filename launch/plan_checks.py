@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from core.format import config as cfglib
 from core.format import hierarchy as hlib
@@ -44,17 +43,14 @@ def parse_sets(key: str, sets: tuple[str, ...], fixed: tuple[str, ...]) -> dict[
     """A list of the user's 'a.b=value' overrides as {dotted key: value}, values read as YAML (as `--set`)."""
     out: dict[str, Any] = {}
     for item in sets:
-        dotted, sep, raw = item.partition("=")
-        dotted = dotted.strip()
-        if not sep or not dotted:
-            raise cfglib.ConfigError(f"{key}: {item!r} must look like key.sub=value")
+        try:
+            dotted, value = cfglib.parse_override(item)
+        except cfglib.ConfigError as e:
+            raise cfglib.ConfigError(f"{key}: {e}") from None
         if any(dotted == f or dotted.startswith(f + ".") or f.startswith(dotted + ".") for f in fixed):
             raise cfglib.ConfigError(f"{key}: {item!r} cannot be changed here ({', '.join(fixed)} are fixed: a "
                                      "transfer keeps the pretrained model, the sweep sets the data)")
-        try:
-            out[dotted] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            out[dotted] = raw
+        out[dotted] = value
     return out
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from core.format.run_folder import is_done
-from launch import executors
+from launch import arms, executors
 from launch.executors import base, records
 from launch.plan import JobSpec, load_plan
 
@@ -45,7 +45,7 @@ def job_states(sweep_dir: str | Path) -> list[dict]:
 
 
 def _row(spec: JobSpec, sweep_dir: Path, submitted: tuple[dict, str] | None, live: tuple[str, str] | None) -> dict:
-    mode = spec.mode or ("k-means" if spec.kind == "cluster" else "")  # a clustering job: the method, for the table
+    mode = arms.mode_label(spec)
     level = f"{spec.pretrain_level} ({spec.arm})" if spec.arm else spec.pretrain_level
     row = {"name": spec.name, "kind": spec.kind, "pretrain_level": level, "mode": mode,
            "seed": spec.seed, "job_id": submitted[1] if submitted else "", "state": base.TODO, "note": "",

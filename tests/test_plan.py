@@ -132,9 +132,9 @@ def test_user_overrides_are_checked_once_naming_their_list(finished):
 
 
 def test_registry_owns_every_mode_and_job():
-    from core.train import transfer
+    from core.train.run_config import TRANSFER_MODES
 
-    assert arms.transfer_modes() == (*transfer.MODES, "select")
+    assert arms.transfer_modes() == (*TRANSFER_MODES, "select")
     assert [a.name for a in arms.ARMS] == ["levels", "multilevel", "scratch", "transfer", "select", "clustering"]
     assert len({a.name for a in arms.ARMS}) == len(arms.ARMS)
     for a in arms.ARMS:

@@ -102,7 +102,8 @@ def with_values(cfg: T, values: dict[str, Any]) -> T:
 
 
 # merging
-def _override_to_dict(item: str) -> dict:
+def parse_override(item: str) -> tuple[str, Any]:
+    """A user's 'a.b=value' as (dotted key, value), the value read as YAML (`--set`, sweep files' `set` lists)."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key.sub=value")
     dotted, raw = item.split("=", 1)
@@ -113,6 +114,11 @@ def _override_to_dict(item: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    return dotted, value
+
+
+def _override_to_dict(item: str) -> dict:
+    dotted, value = parse_override(item)
     out: dict = _DottedPath()
     node = out
     parts = dotted.split(".")

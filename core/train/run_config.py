@@ -14,6 +14,10 @@ Optimizer = Literal["sgd", "adamw"]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 Schedule = Literal["cosine", "linear", "constant"]  # the decay after warm-up
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
+TransferMode = Literal["full", "linear"]  # full: every weight trains; linear: a new head on frozen features
+TRANSFER_MODES: tuple[str, ...] = get_args(TransferMode)
+# what a transfer or scratch run trains, whatever objective its source used: one head (TrainConfig's defaults)
+SINGLE_HEAD = {"train.objective": "single", "train.objective_levels": (), "train.objective_weights": "ridnik"}
 
 
 class RunConfigError(ConfigError):

@@ -18,7 +18,7 @@ import json
 import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
@@ -27,11 +27,9 @@ from core.format.run_folder import RunFolder, RunFolderError
 from core.train import checkpoint
 from core.train.parts import Parts, build_parts, check_data
 from core.train.run import run
-from core.train.run_config import RunConfig, RunConfigError
+from core.train.run_config import SINGLE_HEAD, TRANSFER_MODES, RunConfig, RunConfigError, TransferMode
 from core.train.semantic_softmax import build_run_model, with_new_head
 
-MODES = ("full", "linear")
-Mode = Literal["full", "linear"]
 
 
 def source_config(source: str | Path) -> RunConfig:
@@ -56,18 +54,17 @@ def transfer_config(source: str | Path, data: str | None, level: str,
     if data is None:
         RunFolder(source).check_dataset(src.data.path, explicit=False)
     # a transfer trains one new head: a multi-level source's objective is not inherited
-    values: dict[str, Any] = {"data.level": level, "train.objective": "single", "train.objective_levels": (),
-                              "train.objective_weights": "ridnik"}
+    values: dict[str, Any] = {"data.level": level, **SINGLE_HEAD}
     if data is not None:
         values["data.path"] = str(data)
     return cfglib.with_values(src, {**values, **(changes or {})})
 
 
-def build_transfer_model(source: str | Path, num_classes: int, mode: Mode) -> tuple[nn.Module, Path]:
+def build_transfer_model(source: str | Path, num_classes: int, mode: TransferMode) -> tuple[nn.Module, Path]:
     """The source's network with its newest readable weights and a new `num_classes` head; frozen but the head
     if linear. Returns (model, the checkpoint loaded)."""
-    if mode not in MODES:
-        raise RunConfigError(f"mode={mode!r}; choose from {list(MODES)}")
+    if mode not in TRANSFER_MODES:
+        raise RunConfigError(f"mode={mode!r}; choose from {list(TRANSFER_MODES)}")
     src = source_config(source)
     src_h, src_level = check_data(src)
     model = build_run_model(src, src_h, src_level)
@@ -95,7 +92,7 @@ def _freeze_norm_statistics(model: nn.Module) -> None:
             m.eval()
 
 
-def finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: Mode = "full",
+def finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: TransferMode = "full",
              resume: bool = False, make_parts: Callable[[RunConfig, nn.Module], Parts] | None = None) -> dict:
     """Trains `cfg` (see transfer_config) in `out`, starting from `source`; returns the final evaluation.
 
@@ -131,5 +128,5 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODES", "build_transfer_model", "finetune", "source_config", "transfer_config",
+__all__ = ["build_transfer_model", "finetune", "source_config", "transfer_config",
            "trainable_parameters"]

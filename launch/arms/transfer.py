@@ -7,15 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.train.run_config import TRANSFER_MODES
 from launch.arms.base import Arm
 from launch.arms.select import SelectArmConfig
 
 if TYPE_CHECKING:
     from launch.plan import JobSpec, PlanContext
 
-# core.train.transfer.MODES, which is not imported because it pulls in torch (planning and `grainsweep status`
-# do without it); tests/test_plan.py checks that the two agree
-MODES = ("full", "linear")
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class Transfer(Arm):
     stage = 2
     kind = "transfer"
     table = "target"
-    modes = MODES
+    modes = TRANSFER_MODES
 
     def plan(self, ctx: PlanContext, sources: list[JobSpec]) -> list[JobSpec]:
         return [ctx.follow(self, src, ctx.transfer_config(src.seed), ctx.target, mode=mode)
