@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from core.format import config as cfglib
 from core.format import hierarchy as hlib
-from core.train.run_config import RunConfig, TrainConfig
+from core.train.run_config import SINGLE_HEAD, RunConfig
 from launch import arms
 from launch import plan_checks as checks
 from launch.arms.base import SOURCE_KIND, Arm
@@ -124,7 +124,7 @@ def load_plan(sweep_dir: str | Path) -> Plan:
 # Run folders keep their names when RunConfig grows or changes a default that does not change the run:
 # fields added after sweeps were already being run, at these values, are left out of the hash (as in runs planned
 # before the field existed); data.resident=true is another run and hashed as it is
-LATER_FIELDS = {("data", "resident"): False, ("data", "resident_max_gb"): 8.0}
+LATER_FIELDS = {("data", "resident"): False, ("data", "resident_max_gb"): 8.0, ("data", "augment"): {}}
 # fields that do not change what a run computes, hashed at a fixed value whatever theirs: keep_checkpoints only
 # decides how many checkpoint files stay on disk (hashed as 1, its default when the first sweeps were named)
 FIXED_FIELDS = {("train", "keep_checkpoints"): 1}
@@ -217,10 +217,7 @@ class PlanContext:
     levels: tuple[str, ...]  # the pretraining levels asked for, finest first (the target may be missing)
     transfer_set: dict[str, Any]  # transfer.set, parsed: dotted key -> value
     scratch_set: dict[str, Any]
-    # transfers and scratch runs train one head, whatever objective the pretraining runs use: the run schema's
-    # defaults of the objective settings are single-head training
-    single_head: ClassVar[dict[str, Any]] = {f"train.{k}": getattr(TrainConfig, k)
-                                             for k in ("objective", "objective_levels", "objective_weights")}
+    single_head: ClassVar[dict[str, Any]] = SINGLE_HEAD  # transfers and scratch runs train one head
 
     def classes(self, level: str) -> int:
         return self.hierarchy.level(level).num_classes
