@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.train.run_config import RunConfigError
+from core.format.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RunConfigError(f"train.device={name!r} but no CUDA device is available")
+        raise ConfigError(f"train.device={name!r} but no CUDA device is available")
     return dev
 
 

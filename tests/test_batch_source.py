@@ -9,12 +9,12 @@ import torch
 
 from core.data.augment import GpuAugment
 from core.data.loader import build_loader
-from core.data.paired import PairedAugment, PairedLoader, selected_augment
+from core.methods.select_data import PairedAugment, PairedLoader, selected_augment
 from core.data.resident import build_resident_loader
 from core.data.source import BatchSource, GpuBatches
 from core.device import resolve_precision
 from core.format import hierarchy as hlib
-from core.models.two_head import SELECTED
+from core.methods.select_heads import SELECTED
 from core.train.engine import evaluate, train_epoch
 from core.train.objective import SingleLevel
 

@@ -288,8 +288,8 @@ def test_val_serves_every_sample_once_in_order_with_ffcvs_centre_crop(tiny_datas
 
 
 def test_paired_loader_of_the_select_transfer_takes_resident_loaders(tiny_dataset):
-    from core.data.paired import PairedLoader
-    from core.models.two_head import SELECTED
+    from core.methods.select_data import PairedLoader
+    from core.methods.select_heads import SELECTED
 
     path = tiny_dataset / "train.beton"
     target = resident(path, batch_size=16)

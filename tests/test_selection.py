@@ -23,7 +23,7 @@ from core.data.beton_file import BetonError, column_values
 from core.data.loader import build_loader
 from core.models.build import build_model
 from core.train.run_config import RunConfig
-from core.models.two_head import SELECTED
+from core.methods.select_heads import SELECTED
 from core.methods.selection import cosine_cost, select_classes, unbalanced_plan
 from launch.cli import main as cli
 

@@ -1,7 +1,7 @@
 """What training consumes: a `BatchSource` yields `Batch`es; `GpuBatches` runs the device stage over one.
 
 The three loaders implement `BatchSource`: core.data.loader.BetonLoader (ffcv decodes on CPU threads),
-core.data.resident.ResidentLoader (the decoded set held on the device) and core.data.paired.PairedLoader (target
+core.data.resident.ResidentLoader (the decoded set held on the device) and core.methods.select_data.PairedLoader (target
 batches with selected pretraining batches appended). core/train/engine.py and `GpuBatches` are typed against it.
 """
 

@@ -8,8 +8,8 @@
    without. The record (classes, ids, names, masses, image counts, settings) goes to `selection.json` in the run
    folder; a resumed run reuses it instead of selecting again.
 2. Training (`selected_parts`). The transfer model (core.train.transfer.build_transfer_model) gets a second head for the
-   K classes (core.models.two_head); each step takes a target batch and a batch of the selected classes' images,
-   read from the pretraining beton by row (core.data.loader `indices`, no copy; core.data.paired), and minimises
+   K classes (core.methods.select_heads); each step takes a target batch and a batch of the selected classes' images,
+   read from the pretraining beton by row (core.data.loader `indices`, no copy; core.methods.select_data), and minimises
    CE_target + lambda * CE_selected. Evaluation, metrics and checkpoints are those of any transfer
    (core.train.run.run, resume included); evaluation sees only the target head.
 
@@ -29,13 +29,13 @@ import torch
 from torch import nn
 
 from core.data.beton_file import column_values, rows_with_labels
-from core.data.paired import PairedAugment, PairedLoader, selected_augment
+from core.methods.select_data import PairedAugment, PairedLoader, selected_augment
 from core.device import resolve_device
 from core.format import config as cfglib, provenance
 from core.format.run_folder import RunFolder
 from core.methods.features import Features, class_means, extract_beton, loaded_run
 from core.methods.selection import COST_SCALE, REG, REG_M_SOURCE, REG_M_TARGET, select_classes
-from core.models.two_head import SelectedObjective, TwoHeadModel
+from core.methods.select_heads import SelectedObjective, TwoHeadModel
 from core.train import transfer
 from core.train.parts import Parts, build_parts, build_run_loader, check_data
 from core.train.run_config import RunConfig, RunConfigError

@@ -22,7 +22,7 @@ from core.format.run_folder import RunFolderError, numbered_checkpoints
 FORMAT = 1  # bump when the layout below changes
 
 
-AUXILIARY_HEADS = ("selected_head.",)  # training-only heads (core/models/two_head.py): not part of the network a
+AUXILIARY_HEADS = ("selected_head.",)  # training-only heads (core/methods/select_heads.py): not part of the network a
 # run leaves for evaluation, features and transfer
 
 def path_for(run_dir: str | os.PathLike, step: int) -> Path:

@@ -59,7 +59,7 @@ def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: t
             loss_sum = loss_sum.to(loss.device) + loss.detach().double() * x.shape[0]
             correct = correct.to(loss.device) + (objective.logits(output).argmax(1) == hard).sum()
         seen += x.shape[0]
-        scored += hard.shape[0]  # fewer than seen when the batch also holds other rows (core/models/two_head.py)
+        scored += hard.shape[0]  # fewer than seen when the batch also holds other rows (core/methods/select_heads.py)
         step += 1
         if on_step is not None:
             on_step(step, {"lr": lr})

@@ -1,5 +1,5 @@
 """The training batches of fine-tuning with selected pretraining data: each target batch followed by a batch of
-the selected pretraining images (core/models/two_head.py says how the rows are scored).
+the selected pretraining images (core/methods/select_heads.py says how the rows are scored).
 
 The selected images are rows of the pretraining beton, served by an ordinary loader given those rows (ffcv's
 `indices`, nothing is copied; core.data.beton_file.rows_with_labels finds them). `PairedLoader` stands in for
@@ -21,7 +21,7 @@ import torch
 
 from core.data.augment import GpuAugment
 from core.data.source import Batch, BatchSource
-from core.models.two_head import SELECTED
+from core.methods.select_heads import SELECTED
 
 
 class PairedLoader:

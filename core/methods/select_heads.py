@@ -1,6 +1,6 @@
 """Two heads on one backbone for fine-tuning with selected pretraining data (Liu et al., NeurIPS 2022).
 
-A training batch is the target batch followed by the selected batch (core/data/paired.py): its first
+A training batch is the target batch followed by the selected batch (core/methods/select_data.py): its first
 `target_rows` rows are target images, the rest selected pretraining images. The model puts both heads on the
 shared features; the objective scores the target head on the target rows and the selected head on the selected
 rows: loss = CE_target + lambda * CE_selected.
