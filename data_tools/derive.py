@@ -12,7 +12,8 @@ random labels, and one label per sample. This module makes those labellings for 
                   on it is evaluated on its own training images (core/derived.eval_beton)
 
 Each is written as a sidecar under DIR/derived/ and registered in hierarchy.json (format: core/format/derived.py);
-files are written under temporary names and renamed, and the registry entry comes last. Rerunning the same
+files are written under temporary names and renamed, and the registry entry comes last, all under the dataset's
+lock (core.format.lock; hierarchy.json is re-read there, so concurrent derives all register). Rerunning the same
 derivation (same name, kind and parameters) is a no-op; a name that is a level, a beton column or a derived
 level made with other parameters is refused. Features are either the images downscaled to 8x8 (read here from
 the betons) or an array computed elsewhere (launch/cli_derive.py computes a run's `forward_features`: this
