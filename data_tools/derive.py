@@ -34,6 +34,7 @@ import numpy as np
 from core.format import derived as dlib
 from core.format import hierarchy as hlib
 from core.format import kmeans as kmeans_lib
+from core.format.ffcv_types import mend_os_cache_types
 from core.format.lock import FolderLock, LockedError
 from core.format.provenance import write_atomic
 
@@ -81,6 +82,7 @@ def pixel_features(beton: str | os.PathLike, size: int = PIXEL_SIZE) -> tuple[np
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
+    mend_os_cache_types()  # before any ffcv Loader in the process (core/format/ffcv_types.py)
     columns = open_beton(beton).field_names
     pipelines: dict = {c: None for c in columns}
     pipelines["image"] = [CenterCropRGBImageDecoder((size, size), ratio=1.0)]
