@@ -23,14 +23,21 @@ torch._dynamo.utils.counters["stats"]["unique_graphs"], batches of 8 at 32, 48, 
   Either way the count is bounded, well under the default recompile limit of 8 (tests/test_augment.py asserts
   the bound). A first compile from a cold inductor cache took about 18 s on CPU here, 4-5 s warm.
   Use drop_last on train loaders so that the batch size stays fixed.
+
+Extra batch augmentations (core.data.batch_augment, chosen by data.augment; random erasing, ...) run after the
+fused stage: inside the compiled function when compiling (one graph: `with_extras`), eagerly after cpu_stage or
+device_stage otherwise.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
+from core.data.batch_augment import build_all
 from core.data.cpu_stage import cpu_stage
 from core.data.device_stage import Draws, device_stage
 
@@ -48,13 +55,17 @@ class GpuAugment:
     (class indices become one-hot with C = `num_classes[level]`).
     mixup_alpha / cutmix_alpha: Beta(alpha, alpha) for lambda; 0 turns that one off. With both on, a batch uses
     cutmix with probability `switch_prob`. `mix_prob`: probability that a batch is mixed at all.
+    augment: extra batch augmentations, registered name -> parameters (data.augment; core.data.batch_augment),
+    applied in order after the fused stage; their targets are the soft targets when mixing, else the labels as
+    given. A bad name or parameter raises core.format.config.ConfigError naming `data.augment.<name>...`.
     """
 
     def __init__(self, *, device: str | torch.device, dtype: torch.dtype = torch.bfloat16,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, flip: bool = False,
                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
                  switch_prob: float = 0.5, num_classes: Mapping[str, int] | None = None, compile: bool = True,
-                 dynamic_spatial: bool = True) -> None:
+                 dynamic_spatial: bool = True,
+                 augment: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         if dtype not in DTYPES.values():
             raise ValueError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
         if len(mean) != 3 or len(std) != 3:
@@ -66,6 +77,7 @@ class GpuAugment:
         self.mix_prob, self.switch_prob = mix_prob, switch_prob
         self.num_classes = dict(num_classes or {})
         self.dynamic_spatial = dynamic_spatial
+        self.augments = build_all(augment or {})
         # fixed work, once: per-channel constants on the device, broadcast over NHWC's last dim
         self.mean255 = torch.tensor(mean, dtype=torch.float32, device=self.device) * 255
         self.inv_std255 = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device) * 255)
@@ -74,8 +86,9 @@ class GpuAugment:
         if not self._mixup and self._cutmix:
             self.switch_prob = 1.0
         # compiled: the pure graph; eager on the CPU: the fast path with the same values; eager elsewhere: as is
+        self.compiled = compile
         if compile:
-            self.stage = torch.compile(device_stage)
+            self.stage = torch.compile(with_extras if self.augments else device_stage)
         else:
             self.stage = cpu_stage if self.device.type == "cpu" else device_stage
         self._buffers: list[tuple[torch.Tensor, int]] = []  # cpu_stage's outputs and their storage refs when free
@@ -93,8 +106,13 @@ class GpuAugment:
         lam = torch.where(torch.rand((), device=dev) < self.mix_prob, lam, one).float()
         return Draws(flip, perm, lam, use_cutmix, torch.rand(2, device=dev))
 
+    def draw_extras(self, shape: tuple[int, ...] | torch.Size) -> tuple[Any, ...]:
+        """The random tensors of each extra augmentation for an NCHW batch of `shape`, from torch's global generator."""
+        return tuple(a.draw(shape, self.device) for a in self.augments)
+
     def __call__(self, images: torch.Tensor, labels: Mapping[str, torch.Tensor] | None = None,
-                 draws: Draws | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+                 draws: Draws | None = None,
+                 extra_draws: Sequence[Any] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[3] != 3:
             raise ValueError(f"expected uint8 (B, H, W, 3) images, got {images.dtype} {tuple(images.shape)}")
         if draws is None:
@@ -107,14 +125,27 @@ class GpuAugment:
         options: dict = {}
         if self.stage is cpu_stage:
             options["out"] = self._output_buffer(images.shape[0], images.shape[1], images.shape[2])
-        elif self.dynamic_spatial and self.stage is not device_stage:
+        elif self.dynamic_spatial and self.compiled:
             torch._dynamo.mark_dynamic(images, 1)
             torch._dynamo.mark_dynamic(images, 2)
-        x, mixed = self.stage(images, targets, draws, self.mean255, self.inv_std255, dtype=self.dtype,
-                              flip=self.flip, mixing=self.mixing, **options)
+        if self.augments:
+            if extra_draws is None:
+                extra_draws = self.draw_extras((images.shape[0], 3, images.shape[1], images.shape[2]))
+            if self.dynamic_spatial and self.compiled:  # batch-shaped draws (noise) share the batch's H and W
+                for t in (t for drawn in extra_draws for t in drawn):
+                    if isinstance(t, torch.Tensor) and t.ndim == 4:
+                        torch._dynamo.mark_dynamic(t, 2)
+                        torch._dynamo.mark_dynamic(t, 3)
+            options.update(labels=[labels[name] for name in names], augments=self.augments,
+                           extra_draws=tuple(extra_draws))
+            stage = self.stage if self.compiled else functools.partial(with_extras, stage=self.stage)
+        else:
+            stage = self.stage
+        x, out = stage(images, targets, draws, self.mean255, self.inv_std255, dtype=self.dtype,
+                       flip=self.flip, mixing=self.mixing, **options)
         if labels is None:
             return x, None
-        return x, (dict(zip(names, mixed)) if self.mixing else dict(labels))
+        return x, (dict(zip(names, out)) if self.mixing or self.augments else dict(labels))
 
     def _output_buffer(self, batch: int, height: int, width: int) -> torch.Tensor:
         """The CPU path's NHWC output: one of the last CPU_OUTPUT_BUFFERS buffers when nothing outside this object
@@ -138,6 +169,20 @@ class GpuAugment:
         if name not in self.num_classes:
             raise ValueError(f"mixing needs num_classes for level {name!r}; got {sorted(self.num_classes)}")
         return torch.nn.functional.one_hot(labels.long(), self.num_classes[name]).float()
+
+
+def with_extras(images: torch.Tensor, targets: Sequence[torch.Tensor], draws: Draws, mean255: torch.Tensor,
+                inv_std255: torch.Tensor, *, dtype: torch.dtype, flip: bool, mixing: bool,
+                labels: Sequence[torch.Tensor], augments: Sequence[Any], extra_draws: Sequence[Any],
+                stage: Any = device_stage, **options: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The fused stage, then each extra augmentation on its output; the function compiled when there are extras.
+    Their targets: the mixed soft targets when `mixing`, else `labels` (each level's labels as given)."""
+    x, mixed = stage(images, targets, draws, mean255, inv_std255, dtype=dtype, flip=flip, mixing=mixing,
+                     **options)
+    out = list(mixed) if mixing else list(labels)
+    for augment, drawn in zip(augments, extra_draws):
+        x, out = augment.apply(x, out, drawn)
+    return x.contiguous(memory_format=torch.channels_last), out
 
 
 def _storage_refs(t: torch.Tensor) -> int:

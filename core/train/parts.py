@@ -172,7 +172,7 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
     train_augment = GpuAugment(device=device, dtype=act_dtype, flip=cfg.data.flip,
                                mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha,
                                num_classes={lv: _num_classes(h, data, lv) for lv in objective.train_levels},
-                               compile=use_compile)
+                               compile=use_compile, augment=cfg.data.augment)
     val_augment = GpuAugment(device=device, dtype=act_dtype, flip=False, compile=use_compile)
 
     # optimisation

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from core.data.batch_augment import AugmentName
 from core.format.config import ConfigError, with_values
 
 # the names each setting accepts, listed once (core/train/optim.py and core/train/schedule.py check against these)
@@ -37,6 +38,9 @@ class DataConfig:
     os_cache: bool = True  # page cache (True) or ffcv's own process cache (False, for data > RAM)
     scale: tuple[float, float] = (0.35, 1.0)  # RandomResizedCrop area range
     flip: bool = True  # random horizontal flip (done in the device stage)
+    # extra batch augmentations after flip + mixup/cutmix, training only: registered name -> its parameters, in
+    # order, e.g. {random_erasing: {p: 0.25}} (core/data/batch_augment/__init__.py lists the names)
+    augment: dict[AugmentName, dict[str, Any]] = field(default_factory=dict)
     # keep the decoded data set on the training device and crop there (core/data/resident.py): for small betons
     # (CIFAR, the synthetic presets), where ffcv's per-epoch CPU decode is the bottleneck; workers and os_cache
     # are then unused, quasi_random is served as random
