@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks import loader as loader_bench
+from benchmarks import profiles
+from benchmarks import report as bench_report
 from benchmarks import run as bench_run
 from benchmarks import sweep_rerun
 from benchmarks.measure import summary
@@ -65,7 +70,7 @@ def test_quick_suite_writes_results_of_every_benchmark(tmp_path):
                          "--json", str(report)])
     assert rc == 0
     raw = json.loads(report.read_text())
-    assert {"machine", "versions", "command", "data", *bench_run.BENCHMARKS} <= set(raw)
+    assert {"machine", "versions", "command", "data", *profiles.BENCHMARKS} <= set(raw)
     for row in raw["loader_vs_torchvision"]:
         assert row["loader"]["images_per_second"] > 0 and row["torchvision"]["images_per_second"] > 0
         assert row["ratio"] > 0 and row["ratio_crop"] > 0
@@ -109,6 +114,15 @@ def test_quick_suite_writes_results_of_every_benchmark(tmp_path):
     results.unlink()
     assert bench_run.main(["--render-only", "--results", str(results), "--json", str(report)]) == 0
     assert results.read_text() == text
+    # and so from the command line
+    results.unlink()
+    subprocess.run([sys.executable, "-m", "benchmarks.run", "--render-only", "--results", str(results), "--json",
+                    str(report)], cwd=Path(__file__).resolve().parent.parent, check=True, capture_output=True)
+    assert results.read_text() == text
+
+
+def test_every_benchmark_has_its_table_in_the_suite_order():
+    assert tuple(bench_report.TABLES) == profiles.BENCHMARKS
 
 
 def test_sweep_rerun_settings_form_a_valid_sweep_and_bad_arguments_fail_fast(tmp_path, capsys):
