@@ -65,7 +65,7 @@ def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int):
     from ffcv.loader import OrderOption
     from ffcv.transforms import ToTensor
 
-    from core.data.beton_file import beton_columns
+    from core.format.beton_file import beton_columns
     from core.data.ffcv_loader import GuardedLoader
 
     pipelines: dict[str, Any] = {c: None for c in beton_columns(path)}

@@ -4,7 +4,7 @@
 storage, through the real converter (`grainsweep convert synthetic --preset large --set
 synthetic.image_size=256 --set write.write_mode=jpg ...`); a rerun with the same settings reuses the folder.
 `jpeg_folder` copies each train sample's stored JPEG bytes out of the beton (the allocation table gives each
-sample's offset and size: core.data.beton_file.allocation_sizes), so the baseline decodes byte-for-byte the files
+sample's offset and size: core.format.beton_file.allocation_sizes), so the baseline decodes byte-for-byte the files
 ffcv decodes: the comparison is between pipelines, not between encoders. It also writes a CSV manifest of those
 files (`grainsweep convert csv` reads it in the conversion benchmark).
 """
@@ -52,7 +52,7 @@ def stored_jpegs(beton: Path) -> tuple[list[bytes], dict[str, np.ndarray]]:
     """Every sample's stored JPEG bytes, in row order, and the beton's metadata columns by name."""
     from ffcv.reader import Reader
 
-    from core.data.beton_file import allocation_sizes
+    from core.format.beton_file import allocation_sizes
 
     reader = Reader(str(beton))
     # ffcv names the metadata table's fields f0, f1, ... in column order

@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from core.format import beton_file
 from core.format import derived as dlib
 from core.format import hierarchy as hlib
 from core.format import kmeans as kmeans_lib
@@ -55,17 +56,14 @@ class Derived(NamedTuple):
 
 # reading betons
 def open_beton(beton: str | os.PathLike):
-    """ffcv's Reader of `beton`; a file that cannot be read (permissions, truncated, not a beton) is a DerivedError
-    naming it, which the command line shows as one line."""
-    from ffcv.reader import Reader
-
+    """ffcv's Reader of `beton` after core.format.beton_file's structure checks; a file that cannot be read
+    (permissions, truncated, damaged, not a beton) is a DerivedError naming it, shown as one line."""
     try:
-        return Reader(str(beton))
+        return beton_file.open_beton(beton)
     except PermissionError:
         raise dlib.DerivedError(f"{beton}: permission denied; make it readable (chmod) or run as its owner") from None
-    except (OSError, AssertionError, ValueError, IndexError) as e:  # ffcv asserts its version; short files
-        raise dlib.DerivedError(f"{beton}: cannot be read as a beton ({type(e).__name__}: {e}); convert the "
-                                f"dataset again (grainsweep convert ... --force)") from None
+    except (OSError, beton_file.BetonError) as e:
+        raise dlib.DerivedError(f"{e}; convert the dataset again (grainsweep convert ... --force)") from None
 
 
 def read_int_columns(beton: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ from core.format.config import ConfigError
 from core.format.hierarchy import HierarchyError
 from core.format.lock import LockedError
 from data_tools.convert_source import RejectsError
-from data_tools.publish import DatasetExistsError
+from data_tools.publish import DatasetExistsError, DiskFullError
 from data_tools.sources.catalog import SourceError
 from data_tools.wordnet_data import WordNetDataError
 from data_tools.wordnet_tree import WnidError
@@ -19,13 +19,13 @@ COMMANDS = [cli_convert, cli_tree, cli_derive, cli_train, cli_finetune, cli_clus
 
 # errors that are the user's input, shown as one line instead of a traceback
 USER_ERRORS = (ConfigError, HierarchyError, DatasetExistsError, FileNotFoundError, NotADirectoryError, SourceError,
-               RejectsError, WnidError, WordNetDataError, LockedError)
+               RejectsError, WnidError, WordNetDataError, LockedError, DiskFullError)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """USER_ERRORS plus those of heavy modules (ffcv, torch) that this command has imported."""
     extra = []
-    loader = sys.modules.get("core.data.beton_file")
+    loader = sys.modules.get("core.format.beton_file")
     if loader is not None:
         extra.append(loader.BetonError)
     return USER_ERRORS + tuple(extra)

@@ -79,29 +79,23 @@ def run(args: argparse.Namespace) -> int:
 def run_features(run_dir: Path, data_dir: Path, device: str):
     """(features callable split -> (index, (N, D) float32), tag): the run's embedding of each split's images.
 
-    Computed lazily (only when the derivation is not already on disk) and once per split.
+    The run's newest readable checkpoint is loaded now (the tag names the one actually loaded: a damaged newest
+    file is skipped, core.train.checkpoint.load_newest); the features are computed lazily (only when the
+    derivation is not already on disk) and once per split.
     """
-    from core.train import transfer
+    from core.device import resolve_device
+    from core.format.beton_file import beton_columns
+    from core.methods.features import extract_beton, loaded_run
 
-    transfer.source_config(run_dir)  # fails early, with a clear message, on a folder that is not a run
-    last = transfer.source_checkpoint(run_dir)
+    dev = resolve_device(device)
+    model, cfg, last = loaded_run(run_dir, dev)  # any run: single- or multi-level, with or without a selection head
     tag = f"run-{run_dir.resolve().name}-{last.stem}"
 
     @functools.cache
     def features(split: str) -> tuple[np.ndarray, np.ndarray]:
-        return embed(run_dir, data_dir / f"{split}.beton", device)
+        beton = data_dir / f"{split}.beton"
+        label = next(c for c in beton_columns(beton) if c not in ("image", "index"))  # any int column: unused
+        f = extract_beton(model, cfg, beton, [label], dev, extra_columns=("index",), desc=f"features {run_dir.name}")
+        return f.index, f.features
 
     return features, tag
-
-
-def embed(run_dir: Path, beton: Path, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """(index values, features) of every row of `beton` under the newest weights of the run in `run_dir`."""
-    from core.methods.features import extract_beton, run_model
-    from core.data.beton_file import beton_columns
-    from core.device import resolve_device
-
-    dev = resolve_device(device)
-    model, cfg = run_model(run_dir, dev)  # any run: single- or multi-level, with or without a selection head
-    label = next(c for c in beton_columns(beton) if c not in ("image", "index"))  # any int column: unused
-    f = extract_beton(model, cfg, beton, [label], dev, extra_columns=("index",), desc=f"features {run_dir.name}")
-    return f.index, f.features

@@ -20,7 +20,7 @@ from ffcv.pipeline.operation import Operation
 from ffcv.reader import Reader
 from ffcv.types import FieldDescType, HeaderType
 
-from core.data.beton_file import DamagedBetonError, beton_columns, column_values, open_beton
+from core.format.beton_file import DamagedBetonError, beton_columns, column_values, open_beton
 from core.data.beton_images import read_images
 from core.data.ffcv_loader import GuardedLoader, LoaderWorkerError
 from core.data.loader import build_loader

@@ -13,7 +13,7 @@ from ffcv.fields import IntField, RGBImageField
 from ffcv.writer import DatasetWriter
 
 from core.data.augment import GpuAugment
-from core.data.beton_file import BetonError
+from core.format.beton_file import BetonError
 from core.data.loader import build_loader
 from core.data.source import GpuBatches
 

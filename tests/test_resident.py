@@ -25,7 +25,7 @@ from core.format import config as cfglib
 from core.format import hierarchy as hlib
 from core.train import parts, run as train_run
 from core.data.beton_images import read_images
-from core.data.beton_file import BetonError, column_values
+from core.format.beton_file import BetonError, column_values
 from core.data.loader import VAL_CROP_RATIO, build_loader
 from core.data.resident import (ResidentMemoryError, build_resident_loader, center_crop_boxes, crop_boxes, crop_resize,
                            draw_crop_boxes)

@@ -19,7 +19,7 @@ from core.format import hierarchy as hlib
 from core.methods import select_transfer
 from core.format.run_folder import RunFolder
 from core.train import run as train_run, transfer
-from core.data.beton_file import BetonError, column_values
+from core.format.beton_file import BetonError, column_values
 from core.data.loader import build_loader
 from core.models.build import build_model
 from core.train.run_config import RunConfig

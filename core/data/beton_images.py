@@ -17,7 +17,7 @@ ffcv facts this module relies on (ffcv 1.0.2 source, site-packages/ffcv):
   mode 0 ('jpg') is a JPEG made from RGB through BGR (encode_jpeg), which ffcv's decoders decode with
   `libffcv.imdecode` at scale 1/1 without crop (TurboJPEG, RGB out; SimpleRGBImageDecoder). The same call here,
   so pixels equal those ffcv's loader returns (tests/test_resident.py checks raw and JPEG betons).
-- `Reader` does not look before it reads (np.fromfile): betons are opened through core.data.beton_file.open_beton,
+- `Reader` does not look before it reads (np.fromfile): betons are opened through core.format.beton_file.open_beton,
   which checks the file's structure first and names the file (and row) at fault.
 """
 
@@ -33,7 +33,7 @@ from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 from tqdm import tqdm
 
-from core.data.beton_file import IMAGE_COLUMN, BetonError, DamagedBetonError, allocation_sizes, open_beton
+from core.format.beton_file import IMAGE_COLUMN, BetonError, DamagedBetonError, allocation_sizes, open_beton
 
 PROGRESS_MIN_IMAGES = 20_000  # show a progress bar from this many images on (CIFAR's 50,000 take seconds)
 

@@ -24,7 +24,7 @@ from ffcv.loader import Loader
 from ffcv.loader.epoch_iterator import IS_CUDA, EpochIterator
 from ffcv.pipeline.compiler import Compiler
 
-from core.data.beton_file import BetonError
+from core.format.beton_file import BetonError
 from core.data.beton_images import read_images
 from core.format.ffcv_types import mend_os_cache_types
 

@@ -7,8 +7,8 @@
   extras  {column: int64 (B,)} for every requested extra column ('index', 'hard', ...), in the order asked
 A requested level that is not a beton column but a derived level of the dataset (core/format/derived.py: a sidecar in
 the beton's folder) is served from its `index` column through a lookup table on `device`.
-`build_loader(indices=rows)` serves a subset of the rows (no copy; core.data.beton_file.rows_with_labels finds
-them). The beton is opened through core.data.beton_file.open_beton (a damaged file fails here, in one line), and
+`build_loader(indices=rows)` serves a subset of the rows (no copy; core.format.beton_file.rows_with_labels finds
+them). The beton is opened through core.format.beton_file.open_beton (a damaged file fails here, in one line), and
 ffcv's Loader is core.data.ffcv_loader.GuardedLoader (an error in a decode thread ends the epoch with a
 one-line LoaderWorkerError naming the beton and row, instead of a hang).
 
@@ -47,7 +47,7 @@ from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor
 
-from core.data.beton_file import (IMAGE_COLUMN, INDEX_COLUMN, BetonError, beton_columns, check_indices,
+from core.format.beton_file import (IMAGE_COLUMN, INDEX_COLUMN, BetonError, beton_columns, check_indices,
                                   derived_tables)
 from core.data.ffcv_loader import GuardedLoader
 from core.data.seeded_crop import ScaledCenterCrop, SeededRandomResizedCrop

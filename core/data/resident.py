@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.data.beton_file import BetonError, beton_columns, check_indices, column_values
+from core.format.beton_file import BetonError, beton_columns, check_indices, column_values
 from core.data.beton_images import image_sizes, padded_nbytes, read_images
 from core.data.loader import VAL_CROP_RATIO, check_request
 from core.data.seeded_crop import ASPECT_RATIO

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from core.device import resolve_device
-from core.format import config as cfglib, hierarchy as hlib, provenance
+from core.format import config as cfglib, hierarchy as hlib, kmeans, provenance
 from core.format.run_folder import RunFolder
 from core.methods import clustering
 from core.methods.features import extract_beton, loaded_run
@@ -34,7 +34,7 @@ def output_path(run_dir: str | Path, data: str | Path | None = None) -> Path:
 
 
 def cluster_run(run_dir: str | Path, data: str | Path | None = None, device: str | None = None, seed: int = 0,
-                n_init: int = clustering.N_INIT) -> dict:
+                n_init: int = kmeans.N_INIT) -> dict:
     """Clusters the run's val-set features at every level of `data` (default: the run's dataset); writes and
     returns {"run", "checkpoint", "data", "samples", "feature_dim", "kmeans", "classes", "metrics"}, where
     metrics = {level: {"nmi", "ari", "acc"}}. `device`: cpu | cuda | auto; None = the run's train.device."""

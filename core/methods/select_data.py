@@ -2,7 +2,7 @@
 the selected pretraining images (core/methods/select_heads.py says how the rows are scored).
 
 The selected images are rows of the pretraining beton, served by an ordinary loader given those rows (ffcv's
-`indices`, nothing is copied; core.data.beton_file.rows_with_labels finds them). `PairedLoader` stands in for
+`indices`, nothing is copied; core.format.beton_file.rows_with_labels finds them). `PairedLoader` stands in for
 the run's training loader in core.train.run.run: an epoch is one pass of the target loader; the selected loader
 cycles. For exact resume the selected stream of target epoch e is a function of e alone: it starts selected
 epoch e * cycles (cycles = selected epochs one target epoch can use up) and moves to the next selected epoch

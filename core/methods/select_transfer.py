@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.data.beton_file import column_values, rows_with_labels
+from core.format.beton_file import column_values, rows_with_labels
 from core.methods.select_data import PairedAugment, PairedLoader, selected_augment
 from core.device import resolve_device
 from core.format import config as cfglib, provenance
