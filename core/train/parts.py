@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from core.data.augment import GpuAugment
-from core.data.beton_file import beton_columns, open_beton
+from core.format.beton_file import beton_columns, open_beton
 from core.data.loader import build_loader
 from core.data.resident import ResidentMemoryError, build_resident_loader
 from core.data.source import BatchSource
