@@ -13,6 +13,7 @@ from core.data.augment import GpuAugment
 from core.data.batch_augment.random_erasing import ATTEMPTS, RandomErasing
 from core.format import config as cfglib
 from core.format import hierarchy as hlib
+from core.train import parts
 from core.train import run as train_run
 from core.train.run_config import RunConfig
 
@@ -147,7 +148,10 @@ def test_a_run_trains_with_random_erasing(learnable, tmp_path):
         "data.scale=[0.6, 1.0]", "data.augment.random_erasing.p=0.25", "model.name=bmlp",
         "model.kwargs={depth: 2, width: 128}", "optim.name=adamw", "optim.lr=0.003", "optim.weight_decay=0.01",
         "optim.warmup_epochs=0.5", "train.epochs=12", "train.eval_every=12", "data.level=superclass"])
-    result = train_run.run(cfg, tmp_path / "run")
+    built = parts.build_parts(cfg)
+    assert [type(a).__name__ for a in built.train_augment.augments] == ["RandomErasing"]
+    assert built.val_augment.augments == ()  # evaluation batches are never erased
+    result = train_run.run(cfg, tmp_path / "run", parts=built)
     chance = 1.0 / hlib.load(learnable).level("superclass").num_classes
     assert result["acc1/superclass"] > chance + 0.5 * (1 - chance), result
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
