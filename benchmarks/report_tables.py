@@ -239,5 +239,6 @@ def sweep_rerun_table(results: dict[str, Any]) -> list[str]:
                 "The rerun command's time is start-up and imports, not planning. It was 12.6 s while launch.status "
                 "imported core.train.run (torch, timm and ffcv; `import launch.sweep` alone took 16.4 s at load "
                 "2.4); status and report now read run folders through core/format/run_folder.py, which imports no torch. "
-                "Planning still imports torch and timm to check the model (launch/plan._check_model).", ""]
+                "Planning itself imports no torch; the prepare step before it still imports torch and timm to check "
+                "the model (launch/plan_checks.check_model).", ""]
     return out
