@@ -194,9 +194,9 @@ def plan_sweep(cfg: SweepConfig, sweep_dir: str | Path) -> Plan:
     ctx.transfer_config(cfg.seeds[0])
     ctx.run_config(target, cfg.seeds[0], ctx.single_head, transfer_set, scratch_set, key="scratch.set")
 
-    jobs = [j for a in arms.ARMS if a.stage == 1 for j in a.plan(ctx, [])]
+    jobs = [j for a in arms.ARMS if a.stage == 1 and a.enabled(cfg) for j in a.plan(ctx, [])]
     sources = [j for j in jobs if j.kind == SOURCE_KIND]
-    jobs += [j for a in arms.ARMS if a.stage == 2 for j in a.plan(ctx, sources)]
+    jobs += [j for a in arms.ARMS if a.stage == 2 and a.enabled(cfg) for j in a.plan(ctx, sources)]
     modes = list(cfg.transfer.modes)
     # by stage, pretraining runs first, then finest pretraining level first; a run's transfers in the order of
     # transfer.modes, its clustering job last

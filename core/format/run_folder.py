@@ -71,26 +71,12 @@ class RunFolder:
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
 
-    # files
-    @property
-    def config_file(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def result_file(self) -> Path:
-        return self.path / RESULT_FILE
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.path / CHECKPOINT_DIR
-
-    @property
-    def transfer_file(self) -> Path:
-        return self.path / TRANSFER_FILE
-
-    @property
-    def dataset_file(self) -> Path:
-        return self.path / DATASET_FILE
+    # files (each a path under the folder, named by its constant above)
+    config_file = property(lambda self: self.path / CONFIG_FILE)
+    result_file = property(lambda self: self.path / RESULT_FILE)
+    checkpoint_dir = property(lambda self: self.path / CHECKPOINT_DIR)
+    transfer_file = property(lambda self: self.path / TRANSFER_FILE)
+    dataset_file = property(lambda self: self.path / DATASET_FILE)
 
     def eval_file(self, data: str | os.PathLike | None = None) -> Path:
         """eval.json for the run's own dataset, eval-<dataset folder name>.json for another `data`."""

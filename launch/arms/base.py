@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from launch.plan import JobSpec, PlanContext
+    from launch.sweep_config import SweepConfig
 
 
 SOURCE_KIND = "pretrain"  # the kind of run stage-2 arms start from
@@ -26,6 +27,7 @@ class Arm:
     modes: ClassVar[tuple[str, ...]] = ()  # transfer modes (transfer.modes) whose jobs it plans and runs; () =
     # every job of its kind is its own (launch.arms.runner)
     options: ClassVar[type | None] = None  # the dataclass of JobSpec.options for its jobs; None = no options
+    switch: ClassVar[str] = ""  # the sweep-config section whose `enabled` turns the arm on; '' = always on
 
     # stage 1 only: what its jobs, and the jobs that start from them, carry as JobSpec.arm (in run names, the
     # report's `arm` column), and how the report shows that family
@@ -34,8 +36,12 @@ class Arm:
     plot: ClassVar[str] = "line"  # report.png: 'line' (one line over levels per mode), 'marker' (a star per
     # result), 'band' (a horizontal line with its spread: no pretraining level to put it at)
 
+    def enabled(self, cfg: SweepConfig) -> bool:
+        return not self.switch or getattr(cfg, self.switch).enabled
+
     def plan(self, ctx: PlanContext, sources: list[JobSpec]) -> list[JobSpec]:
-        """Its jobs; `sources` are the pretraining runs planned by the stage-1 arms (stage 2 only)."""
+        """Its jobs (called only when enabled); `sources` are the pretraining runs planned by the stage-1 arms
+        (stage 2 only)."""
         raise NotImplementedError
 
     def run(self, spec: JobSpec, run_dir: Path, resume: bool) -> dict:

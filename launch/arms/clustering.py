@@ -21,13 +21,12 @@ class ClusteringConfig:
 
 class Clustering(Arm):
     name = "clustering"
+    switch = "clustering"
     stage = 2
     kind = "cluster"
     table = "clustering"
 
     def plan(self, ctx: PlanContext, sources: list[JobSpec]) -> list[JobSpec]:
-        if not ctx.cfg.clustering.enabled:
-            return []
         return [ctx.follow(self, src, src.config, src.level) for src in sources]
 
     def run(self, spec: JobSpec, run_dir: Path, resume: bool) -> dict:

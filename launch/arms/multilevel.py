@@ -27,6 +27,7 @@ class MultiLevelConfig:
 
 class MultiLevel(Arm):
     name = "multilevel"
+    switch = "multilevel"
     stage = 1
     kind = SOURCE_KIND
     table = "pretrained"
@@ -35,8 +36,6 @@ class MultiLevel(Arm):
     plot = "marker"
 
     def plan(self, ctx: PlanContext, sources: list[JobSpec]) -> list[JobSpec]:
-        if not ctx.cfg.multilevel.enabled:
-            return []
         level = ctx.levels[0]
         objective = {"train.objective": "semantic_softmax", "train.objective_weights": ctx.cfg.multilevel.weights}
         return [ctx.job(self, ctx.run_config(level, seed, objective, key="multilevel"), level, seed,

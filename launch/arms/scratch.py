@@ -20,6 +20,7 @@ class ScratchConfig:
 
 class Scratch(Arm):
     name = "scratch"
+    switch = "scratch"
     stage = 1
     kind = "scratch"
     table = "target"
@@ -27,8 +28,6 @@ class Scratch(Arm):
     plot = "band"
 
     def plan(self, ctx: PlanContext, sources: list[JobSpec]) -> list[JobSpec]:
-        if not ctx.cfg.scratch.enabled:
-            return []
         t = ctx.target
         return [ctx.job(self, ctx.run_config(t, seed, ctx.single_head, ctx.transfer_set, ctx.scratch_set,
                                              key="scratch.set"), t, seed, pretrain_level="")
