@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from core.format.config import ConfigError
@@ -44,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            # writes are atomic (temporary name, then rename): what failed left no partial file behind
+            print(f"grainsweep {args.command}: error: no space left writing {e.filename or 'a file'}: free space "
+                  "there (or write elsewhere), then run the command again (a run continues with --resume)",
+                  file=sys.stderr)
+            return 2
         if not isinstance(e, user_errors()):
             raise
         print(f"grainsweep {args.command}: error: {e}", file=sys.stderr)

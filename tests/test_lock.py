@@ -50,3 +50,17 @@ def test_reentrant_in_one_process(tmp_path):
             pass
         assert lock_path(tmp_path / "run").exists()
     assert not lock_path(tmp_path / "run").exists()
+
+
+def test_lock_of_an_earlier_start_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatch):
+    # a requeued job may land on another node: its earlier start's lock names that node, which cannot be checked
+    # from here, but it is the same SLURM job, so that start is gone
+    folder = tmp_path / "run"
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    lock_path(folder).write_text(json.dumps({"pid": 1, "host": "another-node", "time": time.time(), "job": "4242"}))
+    with FolderLock(folder):
+        assert owner(folder)["job"] == "4242" and owner(folder)["host"] != "another-node"
+    lock_path(folder).write_text(json.dumps({"pid": 1, "host": "another-node", "time": time.time(), "job": "7"}))
+    with pytest.raises(LockedError, match="another-node"):  # another job's lock on another node: held
+        with FolderLock(folder):
+            pass

@@ -40,6 +40,9 @@ def held(folder: str | Path) -> dict | None:
 
 
 def _alive(rec: dict) -> bool:
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if job and rec.get("job") == job and rec.get("pid") != os.getpid():
+        return False  # an earlier start of this very SLURM job (requeued, maybe onto another node): it is gone
     if rec.get("host") != socket.gethostname():
         return True  # cannot tell from here: treat as held
     try:
@@ -70,7 +73,7 @@ class FolderLock:
             return self
         deadline = time.monotonic() + self.wait_s
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
-                             "what": self.what})
+                             "what": self.what, "job": os.environ.get("SLURM_JOB_ID", "")})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             try:

@@ -31,8 +31,11 @@ def git_sha(root: Path = REPO_ROOT) -> dict[str, Any]:
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:  # a failed write (full disk) leaves neither a partial file nor its temporary
+        tmp.unlink(missing_ok=True)
 
 
 def record(out_dir: str | Path, cfg: Any, extra: dict | None = None) -> None:

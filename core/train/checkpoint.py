@@ -68,6 +68,11 @@ def save(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Op
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as e:  # torch's zip writer reports a failed write (full disk) as a RuntimeError
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror, str(path)) from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -19,6 +19,7 @@ import torch
 
 from core.data.source import GpuBatches
 from core.format import config as cfglib, provenance
+from core.format.lock import FolderLock
 from core.format.run_folder import RunFolder, dataset_fingerprint
 from core.train import checkpoint
 from core.train.engine import evaluate, train_epoch
@@ -60,8 +61,14 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, parts: Parts | None = None) -> dict:
     """Trains (or resumes) the run in `run_dir`; returns the final evaluation. Writes result.json at the end.
 
-    config.yaml records data.path as an absolute path, so the run's dataset is found from any working
+    One writer per run folder (core.format.lock: a second train/resume of the same folder is refused, naming the
+    first). config.yaml records data.path as an absolute path, so the run's dataset is found from any working
     directory (`grainsweep eval RUN`)."""
+    with FolderLock(run_dir, what="a training run"):
+        return _run(cfg, run_dir, resume, parts)
+
+
+def _run(cfg: RunConfig, run_dir: str | Path, resume: bool, parts: Parts | None) -> dict:
     folder = RunFolder(run_dir)
     run_dir, ckpt_dir = folder.path, folder.checkpoint_dir
     folder.refuse_unless_resume(resume)

@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from core.format import config as cfglib, provenance
+from core.format.lock import FolderLock
 from core.format.run_folder import RunFolder, RunFolderError
 from core.train import checkpoint
 from core.train.parts import Parts, build_parts, check_data
@@ -98,6 +99,12 @@ def finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: Transfer
 
     make_parts(cfg, model) builds the run's parts from the transfer model instead of build_parts (a transfer
     with more heads and data: core/methods/select_transfer.py)."""
+    with FolderLock(out, what="a transfer"):  # transfer.json is written before run() takes the same lock
+        return _finetune(source, cfg, out, mode, resume, make_parts)
+
+
+def _finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: TransferMode, resume: bool,
+              make_parts: Callable[[RunConfig, nn.Module], Parts] | None) -> dict:
     source, folder = Path(source).resolve(), RunFolder(out)
     folder.refuse_unless_resume(resume)
     out = folder.path
