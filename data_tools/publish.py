@@ -12,7 +12,6 @@ conversion waits for the first; a conversion of other inputs into a folder being
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -20,6 +19,8 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from core.format.provenance import DISK_FULL
 
 from core.format import lock
 from core.format.derived import DIR_NAME as DERIVED_DIR
@@ -31,7 +32,6 @@ SAME_CONVERSION_WAIT_S = 6 * 3600  # an identical conversion in progress: wait f
 OTHER_WRITER_WAIT_S = 120  # a `derive` registering a level holds the folder for seconds
 # files of datasets written before the manifest listed its files (splits' betons and paths come from "splits")
 LEGACY_FILES = {HIERARCHY_FILE, "config.yaml", "provenance.json", "rejects.csv"}
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class DatasetExistsError(RuntimeError):

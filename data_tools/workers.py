@@ -9,12 +9,13 @@ its parent dies (prctl PR_SET_PDEATHSIG, see prctl(2)); elsewhere a daemon threa
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import signal
 import sys
 import threading
 import time
+
+from core.format.provenance import DISK_FULL
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 POLL_S = 1.0  # parent check period where prctl is not available
@@ -44,7 +45,7 @@ def run_worker(parent_pid: int, target, *args) -> None:
     try:
         target(*args)
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in DISK_FULL:
             print(f"writer process: {e}", file=sys.stderr)
             sys.exit(DISK_FULL_EXIT)
         raise

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 
 from core.format.config import ConfigError
 from core.format.hierarchy import HierarchyError
 from core.format.lock import LockedError
+from core.format.provenance import DISK_FULL
 from data_tools.convert_source import RejectsError
 from data_tools.publish import DatasetExistsError, DiskFullError
 from data_tools.sources.catalog import SourceError
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except Exception as e:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
             # writes are atomic (temporary name, then rename): what failed left no partial file behind
             print(f"grainsweep {args.command}: error: no space left writing {e.filename or 'a file'}: free space "
                   "there (or write elsewhere), then run the command again (a run continues with --resume)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import errno
 import os
 import platform
 import socket
@@ -27,6 +28,9 @@ def git_sha(root: Path = REPO_ROOT) -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired):
         return {"git_sha": "unknown", "git_dirty": None}
     return {"git_sha": sha or "unknown", "git_dirty": dirty if sha else None}
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the errnos of a write that found no space (disk or quota)
 
 
 def write_atomic(path: Path, text: str) -> None:
