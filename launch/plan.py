@@ -163,6 +163,9 @@ def prepare(cfg: SweepConfig) -> Path:
     h = hlib.load(data)
     _, levels = checks.levels(cfg, h, data)
     checks.check_model(cfg.run, h.level(levels[0]).num_classes)
+    for arm in arms.ARMS:
+        if arm.enabled(cfg):
+            arm.prepare(cfg, data)
     return data
 
 

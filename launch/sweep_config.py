@@ -21,6 +21,7 @@ from typing import Any, Literal
 from core.format import config as cfglib
 from core.train.run_config import DataConfig, RunConfig
 from launch.arms.clustering import ClusteringConfig
+from launch.arms.hierarchies import HierarchiesConfig
 from launch.arms.multilevel import MultiLevelConfig
 from launch.arms.scratch import ScratchConfig
 from launch.arms.transfer import TransferConfig
@@ -42,7 +43,9 @@ class DatasetConfig:
 @dataclass(frozen=True)
 class SlurmConfig:
     partition: str = ""  # '' = the cluster's default partition
-    gpus_per_node: int = 0  # GPUs per job
+    gpus_per_node: int = 0  # GPUs per node of a job
+    nodes: int = 1  # nodes per job; a job runs nodes x tasks processes (one torch.distributed rank each)
+    tasks_per_node: int = 0  # processes per node; 0 = one per GPU (gpus_per_node), at least 1
     cpus_per_task: int = 2  # CPU cores per job (ffcv decode threads + the training process)
     mem_gb: float = 0.0  # memory per job in GiB; 0 = the partition's default
     timeout_min: int = 60  # wall-clock limit per job in minutes; a timed-out job is requeued and resumes
@@ -54,10 +57,10 @@ class SlurmConfig:
     setup: tuple[str, ...] = ()  # shell lines run before each job (module load ..., source venv)
 
     def __post_init__(self) -> None:
-        for name in ("gpus_per_node", "max_num_timeout"):
+        for name in ("gpus_per_node", "max_num_timeout", "tasks_per_node"):
             if getattr(self, name) < 0:
                 raise ValueError(f"executor.slurm.{name}={getattr(self, name)} must be >= 0")
-        for name in ("cpus_per_task", "timeout_min", "array_parallelism"):
+        for name in ("cpus_per_task", "timeout_min", "array_parallelism", "nodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"executor.slurm.{name}={getattr(self, name)} must be >= 1")
         if self.mem_gb < 0:
@@ -87,6 +90,7 @@ class SweepConfig:
     scratch: ScratchConfig = field(default_factory=ScratchConfig)  # the baseline without pretraining
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)  # k-means on frozen features
     multilevel: MultiLevelConfig = field(default_factory=MultiLevelConfig)  # semantic-softmax pretraining
+    hierarchies: HierarchiesConfig = field(default_factory=HierarchiesConfig)  # derived control hierarchies
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:

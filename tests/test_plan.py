@@ -134,8 +134,9 @@ def test_user_overrides_are_checked_once_naming_their_list(finished):
 def test_registry_owns_every_mode_and_job():
     from core.train.run_config import TRANSFER_MODES
 
-    assert arms.transfer_modes() == (*TRANSFER_MODES, "select")
-    assert [a.name for a in arms.ARMS] == ["levels", "multilevel", "scratch", "transfer", "select", "clustering"]
+    assert arms.transfer_modes() == (*TRANSFER_MODES, "probe", "select")
+    assert [a.name for a in arms.ARMS] == ["levels", "multilevel", "hierarchies", "scratch", "transfer", "probe",
+                                           "select", "clustering"]
     assert len({a.name for a in arms.ARMS}) == len(arms.ARMS)
     for a in arms.ARMS:
         assert a.stage in (1, 2) and a.table in ("target", "pretrained", "clustering"), a.name
@@ -143,8 +144,8 @@ def test_registry_owns_every_mode_and_job():
             assert arms.runner(a.kind, mode, a.tag) is a
     assert arms.origin("transfer", "multilevel").setting("subclass", "superclass").startswith("multi-level")
     assert arms.origin("scratch", "").plot == "band" and arms.origin("cluster", "").name == "levels"
-    with pytest.raises(cfglib.ConfigError, match=r"transfer.modes\[1\]='probe'"):
-        cfglib.load(sweep_config.SweepConfig, None, ["transfer.modes=[full, probe]"])
+    with pytest.raises(cfglib.ConfigError, match=r"transfer.modes\[1\]='probing'"):
+        cfglib.load(sweep_config.SweepConfig, None, ["transfer.modes=[full, probing]"])
 
 
 def test_status_mode_label_from_the_arm(finished):
@@ -169,10 +170,10 @@ def test_select_arm_defaults_are_cores():
     assert (ours.lam, ours.batch_size) == (core.lam, core.batch_size)
 
 
-class Probe(arms.Arm):
+class Toy(arms.Arm):
     """A new arm, as a module would hold it: one job per pretraining run, its result written by its own run."""
 
-    name, stage, kind, table = "probe", 2, "probe", "target"
+    name, stage, kind, table = "toy", 2, "toy", "target"
 
     def plan(self, ctx, sources):
         return [ctx.follow(self, src, src.config, ctx.target) for src in sources]
@@ -188,14 +189,14 @@ def test_a_new_arm_is_one_class_and_one_registry_entry(finished, monkeypatch):
     from launch.jobs import RunJob
 
     cfg, plan, _, root, _ = finished
-    monkeypatch.setattr(arms, "ARMS", (*arms.ARMS, Probe()))  # the one registry line
+    monkeypatch.setattr(arms, "ARMS", (*arms.ARMS, Toy()))  # the one registry line
     new = planlib.plan_sweep(cfg, root / "sw")
-    probes = [j for j in new.jobs if j.kind == "probe"]
-    assert sorted(j.name.rsplit("-", 1)[0] for j in probes) == ["probe-no-s0", "probe-on-s0"]
-    assert [j for j in new.jobs if j.kind != "probe"] == plan.jobs  # the other runs keep their folders
-    for j in probes:
+    toys = [j for j in new.jobs if j.kind == "toy"]
+    assert sorted(j.name.rsplit("-", 1)[0] for j in toys) == ["toy-no-s0", "toy-on-s0"]
+    assert [j for j in new.jobs if j.kind != "toy"] == plan.jobs  # the other runs keep their folders
+    for j in toys:
         assert j.stage == 2 and RunJob()(j)["source"] == j.source
     new.save()
     rows, missing = report.collect(planlib.load_plan(root / "sw"))
-    assert not missing and sorted(r["pretrain_level"] for r in rows if r["kind"] == "probe") == ["no", "on"]
+    assert not missing and sorted(r["pretrain_level"] for r in rows if r["kind"] == "toy") == ["no", "on"]
     plan.save()  # the sweep folder as the other tests expect it

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 
 from launch.arms.base import SOURCE_KIND, Arm
 from launch.arms.clustering import Clustering
+from launch.arms.hierarchies import Hierarchies
 from launch.arms.levels import Levels
 from launch.arms.multilevel import MultiLevel
+from launch.arms.probe import Probe
 from launch.arms.scratch import Scratch
 from launch.arms.select import Select
 from launch.arms.transfer import Transfer
@@ -19,8 +21,10 @@ if TYPE_CHECKING:
 ARMS: tuple[Arm, ...] = (
     Levels(),
     MultiLevel(),
+    Hierarchies(),
     Scratch(),
     Transfer(),
+    Probe(),
     Select(),
     Clustering(),
 )

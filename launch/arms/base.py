@@ -39,6 +39,10 @@ class Arm:
     def enabled(self, cfg: SweepConfig) -> bool:
         return not self.switch or getattr(cfg, self.switch).enabled
 
+    def prepare(self, cfg: SweepConfig, data: Path) -> None:
+        """Called by launch.plan.prepare (only when enabled) for what must exist before planning, e.g. derived
+        label levels written into the dataset folder `data`; a rerun must reuse what an earlier one made."""
+
     def plan(self, ctx: PlanContext, sources: list[JobSpec]) -> list[JobSpec]:
         """Its jobs (called only when enabled); `sources` are the pretraining runs planned by the stage-1 arms
         (stage 2 only)."""

@@ -147,7 +147,8 @@ def _submitit_error(sweep_dir: Path, job_id: str) -> str:
 
 def slurm_parameters(cfg: SlurmConfig) -> dict:
     """The sweep config's SLURM section as submitit parameters: the one place that knows the cluster."""
-    params = dict(timeout_min=cfg.timeout_min, cpus_per_task=cfg.cpus_per_task, tasks_per_node=1, nodes=1,
+    params = dict(timeout_min=cfg.timeout_min, cpus_per_task=cfg.cpus_per_task,
+                  tasks_per_node=cfg.tasks_per_node or max(cfg.gpus_per_node, 1), nodes=cfg.nodes,
                   slurm_array_parallelism=cfg.array_parallelism)
     if cfg.gpus_per_node:
         params["gpus_per_node"] = cfg.gpus_per_node
