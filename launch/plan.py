@@ -124,7 +124,8 @@ def load_plan(sweep_dir: str | Path) -> Plan:
 # Run folders keep their names when RunConfig grows or changes a default that does not change the run:
 # fields added after sweeps were already being run, at these values, are left out of the hash (as in runs planned
 # before the field existed); data.resident=true is another run and hashed as it is
-LATER_FIELDS = {("data", "resident"): False, ("data", "resident_max_gb"): 8.0, ("data", "augment"): {}}
+LATER_FIELDS = {("data", "resident"): False, ("data", "resident_max_gb"): 8.0, ("data", "augment"): {},
+                ("model", "sync_bn"): False}
 # fields that do not change what a run computes, hashed at a fixed value whatever theirs: keep_checkpoints only
 # decides how many checkpoint files stay on disk (hashed as 1, its default when the first sweeps were named)
 FIXED_FIELDS = {("train", "keep_checkpoints"): 1}
