@@ -71,9 +71,19 @@ class SlurmConfig:
 
 
 @dataclass(frozen=True)
+class LocalConfig:
+    slots: int = 1  # jobs run at once by the local executor (one GPU each where there are GPUs); 1 = one by one
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"executor.local.slots={self.slots} must be >= 1")
+
+
+@dataclass(frozen=True)
 class ExecutorConfig:
     name: Literal[EXECUTORS] = "auto"  # auto = slurm if sbatch is installed and its controller answers, else local
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
 
 
 @dataclass(frozen=True)
