@@ -23,6 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="(slurm) wait until every job has finished")
     p.add_argument("--report", action="store_true", help="write the report once the runs have finished")
     p.add_argument("--print-config", action="store_true", help="print the resolved sweep config and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything (datasets, levels, model, executor parameters), print the jobs by stage "
+                        "with their dependencies and images to process, submit and write nothing into the sweep "
+                        "folder (a synthetic dataset is still converted once if missing; nothing is trained)")
     p.set_defaults(run=run_sweep)
 
     s = sub.add_parser("status", help="state of each run of a sweep (done/running/pending/failed/todo)")
@@ -41,6 +45,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     cfg = sweep_config.load(sweep_config.sweep_file(args.config), args.overrides)
     if args.print_config:
         print(cfglib.to_yaml(cfg), end="")
+        return 0
+    if args.dry_run:
+        print(sweep.dry_run(cfg, args.out, args.executor)[1])
         return 0
     plan, records = sweep.run_sweep(cfg, args.out, args.executor)
     for rec in records:

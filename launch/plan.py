@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from core.format import config as cfglib
+from core.format import derived
 from core.format import hierarchy as hlib
 from core.train.run_config import SINGLE_HEAD, RunConfig
 from launch import arms
@@ -95,12 +96,22 @@ class Plan:
     target_level: str
     classes: dict[str, int]  # level -> number of classes, finest first
     jobs: list[JobSpec] = field(default_factory=list)
+    # the target (launch.plan_checks.Target); a plan.json from before separate targets has none of these keys:
+    # its target was `dataset`, shared
+    target_dataset: str = ""  # the dataset transfers and scratch runs train on; '' = `dataset`
+    target_classes: int = 0  # target_level's classes in target_dataset; 0 = classes[target_level]
+    shared: bool = True  # target_level is a level of `dataset` with the same classes: pretraining runs are read at it
+
+    def __post_init__(self) -> None:
+        self.target_dataset = self.target_dataset or self.dataset
+        self.target_classes = self.target_classes or self.classes[self.target_level]
 
     def stage(self, n: int) -> list[JobSpec]:
         return [j for j in self.jobs if j.stage == n]
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "target_level": self.target_level, "classes": self.classes,
+                "target_dataset": self.target_dataset, "target_classes": self.target_classes, "shared": self.shared,
                 "jobs": [j.to_dict() for j in self.jobs]}
 
     def save(self) -> None:
@@ -118,7 +129,8 @@ def load_plan(sweep_dir: str | Path) -> Plan:
         raise FileNotFoundError(f"{sweep_dir}: no {PLAN_FILE}; is this a folder written by 'grainsweep sweep'?")
     d = json.loads(path.read_text())
     return Plan(sweep_dir, d["dataset"], d["target_level"], d["classes"],
-                [JobSpec.from_dict(j, sweep_dir) for j in d["jobs"]])
+                [JobSpec.from_dict(j, sweep_dir) for j in d["jobs"]], target_dataset=d.get("target_dataset", ""),
+                target_classes=d.get("target_classes", 0), shared=d.get("shared", True))
 
 
 # Run folders keep their names when RunConfig grows or changes a default that does not change the run:
@@ -150,7 +162,9 @@ def run_hash(config: RunConfig, kind: str, source: str = "", mode: str = "", opt
 # preparing: the one step that writes (the synthetic dataset) or builds a model
 def prepare(cfg: SweepConfig) -> Path:
     """Converts the synthetic dataset when `dataset.synthetic_preset` is set (convert-once: an identical one
-    already there is reused) and builds the model once on the CPU; returns the dataset folder. Run before
+    already there is reused), checks both datasets' betons against their hierarchies (the pretraining dataset's
+    and the target's, as a run does when it starts) and builds the model once on the CPU; then each enabled arm
+    prepares (e.g. derives its levels). Trains nothing. Returns the pretraining dataset folder. Run before
     plan_sweep; raises ConfigError naming the key at fault."""
     checks.check_run(cfg)
     path = Path(cfg.dataset.path).resolve()
@@ -162,7 +176,12 @@ def prepare(cfg: SweepConfig) -> Path:
         print(f"dataset {path}: {'converted' if built else 'already converted'}", flush=True)
     data = _dataset(cfg)
     h = hlib.load(data)
-    _, levels = checks.levels(cfg, h, data)
+    goal = checks.target(cfg, h, data)
+    levels = checks.levels(cfg, h, data, goal)
+    checks.check_data("dataset.path", cfglib.with_values(cfg.run, {"data.path": str(data), "data.level": levels[0]}))
+    if goal.data != data:
+        checks.check_data("target_dataset", cfglib.with_values(cfg.run, {"data.path": str(goal.data),
+                                                                         "data.level": goal.level}))
     checks.check_model(cfg.run, h.level(levels[0]).num_classes)
     for arm in arms.ARMS:
         if arm.enabled(cfg):
@@ -171,32 +190,34 @@ def prepare(cfg: SweepConfig) -> Path:
 
 
 def _dataset(cfg: SweepConfig) -> Path:
-    path = Path(cfg.dataset.path).resolve()
-    if not path.is_dir():
+    if not Path(cfg.dataset.path).is_dir():
         raise cfglib.ConfigError(f"dataset.path={cfg.dataset.path!r}: no such dataset folder (set "
                                  "dataset.synthetic_preset to generate the synthetic one; `grainsweep sweep` "
                                  "converts it first)")
-    for name in ("train.beton", "val.beton", hlib.FILENAME):
-        if not (path / name).is_file():
-            raise cfglib.ConfigError(f"dataset.path={cfg.dataset.path!r}: missing {name}")
-    return path
+    return checks.dataset_folder("dataset.path", cfg.dataset.path)
 
 
 # planning: reads only
 def plan_sweep(cfg: SweepConfig, sweep_dir: str | Path) -> Plan:
-    """Checks the sweep against its (prepared) dataset and lists its runs. Raises ConfigError naming the key."""
+    """Checks the sweep against its (prepared) datasets and lists its runs. Raises ConfigError naming the key."""
     checks.check_run(cfg)
     data = _dataset(cfg)
     h = hlib.load(data)
-    target, levels = checks.levels(cfg, h, data)
-    checks.check_batch_size(cfg, data)
+    goal = checks.target(cfg, h, data)
+    levels = checks.levels(cfg, h, data, goal)
+    target = goal.level
     transfer_set = checks.parse_sets("transfer.set", cfg.transfer.set, ("model.name", "model.kwargs", "data.path",
                                                                    "data.level"))
     scratch_set = checks.parse_sets("scratch.set", cfg.scratch.set, ("data.path", "data.level"))
-    ctx = PlanContext(cfg, Path(sweep_dir).resolve(), data, h, target, tuple(levels), transfer_set, scratch_set)
-    # fail on a bad override before planning anything, naming the list it is in
-    ctx.transfer_config(cfg.seeds[0])
-    ctx.run_config(target, cfg.seeds[0], ctx.single_head, transfer_set, scratch_set, key="scratch.set")
+    ctx = PlanContext(cfg, Path(sweep_dir).resolve(), data, h, target, tuple(levels), transfer_set, scratch_set,
+                      goal.data, goal.hierarchy, goal.shared)
+    # fail on a bad override or a batch larger than a training set before planning anything, naming the key
+    seed = cfg.seeds[0]
+    checks.check_batch_size("run.data.batch_size", ctx.run_config(levels[0], seed))
+    checks.check_batch_size("data.batch_size of the transfers (run.data, then transfer.set)",
+                            ctx.transfer_config(seed))
+    checks.check_batch_size("data.batch_size of the scratch runs (run.data, transfer.set, then scratch.set)",
+                            ctx.target_config(seed, scratch_set, key="scratch.set"))
 
     jobs = [j for a in arms.ARMS if a.stage == 1 and a.enabled(cfg) for j in a.plan(ctx, [])]
     sources = [j for j in jobs if j.kind == SOURCE_KIND]
@@ -204,43 +225,62 @@ def plan_sweep(cfg: SweepConfig, sweep_dir: str | Path) -> Plan:
     modes = list(cfg.transfer.modes)
     # by stage, pretraining runs first, then finest pretraining level first; a run's transfers in the order of
     # transfer.modes, its clustering job last
-    jobs.sort(key=lambda j: (j.stage, j.kind != SOURCE_KIND, h.index(j.pretrain_level or target), j.arm, j.seed,
-                             modes.index(j.mode) if j.mode in modes else len(modes)))
-    return Plan(ctx.sweep_dir, str(data), target, {lv.name: lv.num_classes for lv in h.levels}, jobs)
+    # level -> classes: the dataset's levels finest first, then the derived levels pretrained on (in planning order)
+    classes = {lv.name: lv.num_classes for lv in h.levels}
+    classes.update({j.pretrain_level: ctx.classes(j.pretrain_level) for j in sources if j.pretrain_level not in classes})
+    rank = {lv: i for i, lv in enumerate(classes)}
+    jobs.sort(key=lambda j: (j.stage, j.kind != SOURCE_KIND, rank[j.pretrain_level] if j.pretrain_level else 0,
+                             j.arm, j.seed, modes.index(j.mode) if j.mode in modes else len(modes)))
+    return Plan(ctx.sweep_dir, str(data), target, classes, jobs,
+                target_dataset=str(goal.data), target_classes=goal.hierarchy.level(target).num_classes,
+                shared=goal.shared)
 
 
 @dataclass(frozen=True)
 class PlanContext:
-    """What the arms plan from: the sweep config, its dataset, and the settings every arm shares."""
+    """What the arms plan from: the sweep config, its datasets, and the settings every arm shares."""
 
     cfg: SweepConfig
     sweep_dir: Path  # absolute
-    data: Path  # the dataset folder, absolute
-    hierarchy: hlib.Hierarchy
-    target: str
+    data: Path  # the pretraining dataset folder, absolute
+    hierarchy: hlib.Hierarchy  # the pretraining dataset's
+    target: str  # the target level (of target_data)
     levels: tuple[str, ...]  # the pretraining levels asked for, finest first (the target may be missing)
     transfer_set: dict[str, Any]  # transfer.set, parsed: dotted key -> value
     scratch_set: dict[str, Any]
+    target_data: Path  # the dataset transfers and scratch runs train and evaluate on, absolute (`data` by default)
+    target_hierarchy: hlib.Hierarchy
+    shared: bool  # the target level is a level of `data` with the same classes (launch.plan_checks.Target)
     single_head: ClassVar[dict[str, Any]] = SINGLE_HEAD  # transfers and scratch runs train one head
 
     def classes(self, level: str) -> int:
+        """A pretraining level's number of classes."""
+        if level in self.hierarchy.derived:  # a derived level (launch/arms/hierarchies.py): its sidecar's count
+            return derived.load(self.data, level).num_classes
         return self.hierarchy.level(level).num_classes
 
-    def run_config(self, level: str, seed: int, *changes: dict[str, Any], key: str = "run") -> RunConfig:
-        """`run` for one job: the dataset, `level` and `seed` set, then `changes` in order."""
+    def run_config(self, level: str, seed: int, *changes: dict[str, Any], key: str = "run",
+                   data: Path | None = None) -> RunConfig:
+        """`run` for one job: the dataset (default: the pretraining one), `level` and `seed` set, then `changes`
+        in order."""
         cfg = self.cfg.run
         try:
             # one after the other: a later change wins, also where it names a whole section an earlier one
             # changed a key of
-            for values in ({"data.path": str(self.data), "data.level": level, "train.seed": seed}, *changes):
+            for values in ({"data.path": str(data or self.data), "data.level": level, "train.seed": seed}, *changes):
                 cfg = cfglib.with_values(cfg, values)
         except cfglib.ConfigError as e:
             raise cfglib.ConfigError(f"{key}: {e}") from None
         return cfg
 
+    def target_config(self, seed: int, *changes: dict[str, Any], key: str = "transfer.set") -> RunConfig:
+        """A run on the target: `run` on the target dataset and level, one head, `transfer.set`, then `changes`."""
+        return self.run_config(self.target, seed, self.single_head, self.transfer_set, *changes, key=key,
+                               data=self.target_data)
+
     def transfer_config(self, seed: int) -> RunConfig:
-        """A transfer's config: `run` on the target level, one head, then `transfer.set`."""
-        return self.run_config(self.target, seed, self.single_head, self.transfer_set, key="transfer.set")
+        """A transfer's config: `run` on the target, one head, then `transfer.set`."""
+        return self.target_config(seed)
 
     def job(self, arm: Arm, config: RunConfig, level: str, seed: int, pretrain_level: str,
             source: JobSpec | None = None, mode: str = "", options: Any = None) -> JobSpec:

@@ -1,4 +1,5 @@
-"""A whole sweep: check the executor, prepare (convert the dataset once), plan, skip finished runs, submit the rest.
+"""A whole sweep: check the executor, prepare (convert the dataset once), plan, skip finished runs, submit the rest;
+or, as a dry run, everything up to the submission.
 
 The sweep folder holds sweep.yaml (the resolved sweep config of the last call), plan.json (every run, its
 config and folder), jobs.json (submissions), runs/<run>/ (one train_run folder each), logs/, submitit/ and
@@ -49,3 +50,23 @@ def run_sweep(cfg: SweepConfig, out: str | Path | None = None, executor: str | N
         if not todo:
             return plan, []
         return plan, ex.submit(plan, todo)
+
+
+def dry_run(cfg: SweepConfig, out: str | Path | None = None, executor: str | None = None) -> tuple[Plan, str]:
+    """Every check run_sweep makes (config keys, executor parameters, datasets, levels, model), then the plan
+    described (launch/dry_run.py) instead of submitted: nothing is written into the sweep folder. `prepare` still
+    converts the synthetic dataset when `dataset.synthetic_preset` names one and it is not there yet (and enabled
+    arms derive their levels), outside the sweep folder and once, as the sweep itself would; nothing is trained.
+    A cluster that does not answer now is a note, not an error (its parameters were checked)."""
+    from launch.dry_run import describe
+
+    sweep_dir = Path(out) if out is not None else default_out(cfg)
+    ex = executors.resolve(executor or cfg.executor.name, cfg.executor, sweep_dir.resolve())
+    prepare(cfg)
+    plan = plan_sweep(cfg, sweep_dir)
+    text = describe(plan, ex.name)
+    try:
+        ex.ready()
+    except cfglib.ConfigError as e:
+        text += f"\nnote: {e}"
+    return plan, text

@@ -1,14 +1,15 @@
 """The schema of a sweep (`grainsweep sweep`): every default in one place, with its meaning.
 
-A sweep pretrains at each level of `pretrain_levels` for each seed, then transfers each pretrained run to
-`target_level` (one transfer per mode in `transfer.modes`); baselines: training on the target from scratch
-(`scratch.enabled`: `run` + `transfer.set` + `scratch.set`, random init) and pretraining directly on the target
-level (the target level in `pretrain_levels`, added when missing). Further arms: transfer mode 'select' (fine-
-tuning with selected pretraining data, Liu et al.) and `multilevel.enabled` (semantic-softmax pretraining over all
-levels, ImageNet-21K-P). With `clustering.enabled`, each pretraining run also gets a clustering evaluation of its
-frozen features (Adaloglou et al.). Job settings are RunConfigs: `run` is the pretraining run; `transfer.set`
-(dotted overrides, as `--set`) changes it for the transfers and the scratch baseline. The arms are modules of
-launch/arms/, each with the schema of its section here.
+A sweep pretrains on `dataset` at each level of `pretrain_levels` for each seed, then transfers each pretrained
+run to `target_level` of `target_dataset` (default: the pretraining dataset itself; one transfer per mode in
+`transfer.modes`); baselines: training on the target from scratch (`scratch.enabled`: `run` + `transfer.set` +
+`scratch.set`, random init) and, where the target level is also a level of the pretraining dataset with the same
+classes, pretraining directly on it (the target level in `pretrain_levels`, added when missing). Further arms:
+transfer mode 'select' (fine-tuning with selected pretraining data, Liu et al.) and `multilevel.enabled`
+(semantic-softmax pretraining over all levels, ImageNet-21K-P). With `clustering.enabled`, each pretraining run
+also gets a clustering evaluation of its frozen features (Adaloglou et al.). Job settings are RunConfigs: `run` is
+the pretraining run; `transfer.set` (dotted overrides, as `--set`) changes it for the transfers and the scratch
+baseline. The arms are modules of launch/arms/, each with the schema of its section here.
 """
 
 from __future__ import annotations
@@ -90,8 +91,11 @@ class ExecutorConfig:
 class SweepConfig:
     name: str = "sweep"  # the default output folder is data/sweeps/<name>
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    target_level: str = ""  # the level transferred to; '' = the coarsest level
-    pretrain_levels: tuple[str, ...] = ()  # () = every level from the finest to the target
+    target_dataset: str = ""  # dataset folder the transfers and the scratch baseline train and evaluate on (as
+    # dataset.path: converted, relative to the cwd); '' = dataset.path (pretraining and target share the images)
+    target_level: str = ""  # the level of target_dataset transferred to; '' = its coarsest level
+    pretrain_levels: tuple[str, ...] = ()  # () = every level from the finest to the target (to the coarsest
+    # where the target level is not a level of the pretraining dataset)
     seeds: tuple[int, ...] = (0, 1, 2)  # one pretraining (and transfer, scratch) run per seed
     run: RunConfig = field(default_factory=RunConfig)  # the pretraining runs' settings (data.path, data.level
     # and train.seed are set per job)

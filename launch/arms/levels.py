@@ -1,7 +1,9 @@
 """Single-level pretraining: one run per (pretraining level, seed), each training one head at its level.
 
-The target level always joins the pretraining levels: pretraining directly on the target is the baseline the
-finer levels are compared with (the report's 'pretrain on target' rows, circled in report.png).
+Where the target level is a level of the pretraining dataset (launch.plan_checks.Target.shared), it always joins the
+pretraining levels: pretraining directly on the target is the baseline the finer levels are compared with (the
+report's 'pretrain on target' rows, circled in report.png). A separate target with classes of its own (ImageNet-21k
+-> ImageNet-1k) has no such level; the scratch baseline is the comparison there.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class Levels(Arm):
     plot = "line"
 
     def plan(self, ctx: PlanContext, sources: list[JobSpec]) -> list[JobSpec]:
-        levels = sorted({*ctx.levels, ctx.target}, key=ctx.hierarchy.index)
+        levels = sorted({*ctx.levels, *([ctx.target] if ctx.shared else [])}, key=ctx.hierarchy.index)
         return [ctx.job(self, ctx.run_config(lv, seed), lv, seed, pretrain_level=lv)
                 for seed in ctx.cfg.seeds for lv in levels]
 

@@ -1,5 +1,5 @@
-"""The baseline without pretraining: per seed, one run trained on the target level from a random init, with the
-transfers' settings (`run` + `transfer.set`) and then `scratch.set`."""
+"""The baseline without pretraining: per seed, one run trained on the target (its dataset and level) from a random
+init, with the transfers' settings (`run` + `transfer.set`) and then `scratch.set`."""
 
 from __future__ import annotations
 
@@ -28,10 +28,8 @@ class Scratch(Arm):
     plot = "band"
 
     def plan(self, ctx: PlanContext, sources: list[JobSpec]) -> list[JobSpec]:
-        t = ctx.target
-        return [ctx.job(self, ctx.run_config(t, seed, ctx.single_head, ctx.transfer_set, ctx.scratch_set,
-                                             key="scratch.set"), t, seed, pretrain_level="")
-                for seed in ctx.cfg.seeds]
+        return [ctx.job(self, ctx.target_config(seed, ctx.scratch_set, key="scratch.set"), ctx.target, seed,
+                        pretrain_level="") for seed in ctx.cfg.seeds]
 
     def setting(self, pretrain_level: str, target: str) -> str:
         return "no pretraining (scratch)"

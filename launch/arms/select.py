@@ -1,5 +1,7 @@
 """Transfer mode 'select' (Liu et al., NeurIPS 2022): full fine-tuning on the target plus the pretraining data of
-the k pretraining classes selected by unbalanced optimal transport (core/methods/select_transfer.py)."""
+the k pretraining classes selected by unbalanced optimal transport (core/methods/select_transfer.py). The extra data
+come from the source run's own dataset (the pretraining one), the target batches from the job's config (the target
+dataset): with a separate `target_dataset` they are other images, as in Liu et al."""
 
 from __future__ import annotations
 

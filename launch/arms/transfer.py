@@ -1,5 +1,6 @@
-"""Plain transfers: every pretraining run fine-tuned on the target level, once per mode of `transfer.modes` that is
-a core transfer mode (full: every weight trains; linear: a new head on frozen features; core/train/transfer.py)."""
+"""Plain transfers: every pretraining run fine-tuned on the target (its dataset and level), once per mode of
+`transfer.modes` that is a core transfer mode (full: every weight trains; linear: a new head on frozen features;
+core/train/transfer.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from launch.arms.select import SelectArmConfig
 
 if TYPE_CHECKING:
     from launch.plan import JobSpec, PlanContext
-
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,60 @@
+"""`grainsweep sweep --dry-run`: what a sweep would run, by stage, with each job's dependency and the images it
+will process, without submitting or writing anything into the sweep folder.
+
+Images a job processes = its training epochs x the images of its dataset's training split (manifest.json), plus,
+for transfer mode 'select', the selected pretraining images drawn alongside (one batch of `transfer.select
+.batch_size`, default data.batch_size, per target step); a clustering job embeds its dataset's val split once.
+Evaluation passes over val are not counted. A job whose run folder already holds result.json is marked done (a
+real sweep skips it) and left out of the totals.
+"""
+
+from __future__ import annotations
+
+from core.format.run_folder import RunFolder
+from launch.plan import JobSpec, Plan
+from launch.plan_checks import split_images
+
+
+def job_images(spec: JobSpec) -> tuple[int, str]:
+    """(images the job processes, how that was counted); (0, why) where the dataset has no manifest."""
+    cfg = spec.config
+    if spec.kind == "cluster":  # k-means on frozen features: one pass over val, no training
+        n = split_images(cfg.data.path, "val")
+        return (n, f"val {n:,} x 1") if n is not None else (0, "val size unknown (no manifest.json)")
+    n = split_images(cfg.data.path, "train")
+    if n is None:
+        return 0, "train size unknown (no manifest.json)"
+    epochs = cfg.train.epochs
+    if spec.mode == "select" and spec.options is not None:
+        steps = n // cfg.data.batch_size  # the target loader drops the last partial batch
+        extra = steps * (spec.options.batch_size or cfg.data.batch_size)
+        return epochs * (n + extra), f"{epochs} epochs x ({n:,} + {extra:,} selected)"
+    return epochs * n, f"{epochs} epochs x {n:,}"
+
+
+def describe(plan: Plan, executor: str) -> str:
+    """The dry run's printout: the datasets, then each stage's jobs, their sources and images, and the totals."""
+    lines = [f"dry run of {plan.sweep_dir} (executor {executor}): nothing submitted, nothing written there",
+             f"pretraining dataset {plan.dataset}: levels " + ", ".join(f"{k} ({v})" for k, v in plan.classes.items()),
+             f"target: {plan.target_level} ({plan.target_classes} classes) of {plan.target_dataset}"
+             + ("" if plan.shared else "; pretraining runs are not read at the target level (other classes)")]
+    total = 0
+    width = max((len(j.name) for j in plan.jobs), default=0)
+    for stage in sorted({j.stage for j in plan.jobs}):
+        jobs = plan.stage(stage)
+        rows, images, done = [], 0, 0
+        for j in jobs:
+            n, how = job_images(j)
+            finished = RunFolder(j.run_dir).is_done()
+            done += finished
+            images += 0 if finished else n
+            after = f"after {j.source_name}" if j.source_name else "no dependency"
+            rows.append(f"  {j.name:<{width}}  {after};  {how} = {n:,} images" + ("  [done: skipped]" if finished
+                                                                                   else ""))
+        total += images
+        head = f"stage {stage}: {len(jobs)} jobs" + (f" ({done} done)" if done else "")
+        if stage > 1:
+            head += ", each after its pretraining run"
+        lines += [f"{head}; {images:,} images to process", *rows]
+    lines.append(f"total: {len(plan.jobs)} jobs, {total:,} images to process")
+    return "\n".join(lines)
