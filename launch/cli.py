@@ -14,7 +14,7 @@ from data_tools.publish import DatasetExistsError, DiskFullError
 from data_tools.sources.catalog import SourceError
 from data_tools.wordnet_data import WordNetDataError
 from data_tools.wordnet_tree import WnidError
-from launch import cli_bench, cli_cluster, cli_convert, cli_derive, cli_finetune, cli_sweep, cli_train, cli_tree
+from launch import cli_bench, cli_cluster, cli_convert, cli_derive, cli_finetune, cli_sweep, cli_train, cli_tree, spawn
 
 COMMANDS = [cli_convert, cli_tree, cli_derive, cli_train, cli_finetune, cli_cluster, cli_sweep, cli_bench]
 
@@ -41,19 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    spawn.die_with_launcher()  # a process of `--nproc N` (launch/spawn.py) goes when its launcher goes
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what `--nproc N` runs again in each process
     try:
         return int(args.run(args) or 0)
     except Exception as e:
         if isinstance(e, OSError) and e.errno in DISK_FULL:
             # writes are atomic (temporary name, then rename): what failed left no partial file behind
-            print(f"grainsweep {args.command}: error: no space left writing {e.filename or 'a file'}: free space "
-                  "there (or write elsewhere), then run the command again (a run continues with --resume)",
-                  file=sys.stderr)
-            return 2
-        if not isinstance(e, user_errors()):
+            line = (f"no space left writing {e.filename or 'a file'}: free space there (or write elsewhere), then "
+                    "run the command again (a run continues with --resume)")
+        elif isinstance(e, user_errors()):
+            line = str(e)
+        else:
+            spawn.record_failure(" ".join(f"{type(e).__name__}: {e}".split())[:500])
             raise
-        print(f"grainsweep {args.command}: error: {e}", file=sys.stderr)
+        spawn.record_failure(line)
+        print(f"grainsweep {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"grainsweep {args.command}: interrupted", file=sys.stderr)

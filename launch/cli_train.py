@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from core.format import config as cfglib
+from launch import spawn
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="dotted override, e.g. train.epochs=3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    spawn.add_argument(p)
     p.set_defaults(run=run_train)
 
     e = sub.add_parser("eval", help="evaluate a run's final weights on a dataset's val split")
@@ -48,10 +50,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfglib.to_yaml(cfg), end="")
         return 0
+    if spawn.wanted(args):  # the config was checked once here; each process resolves it again
+        return spawn.launch(args)
     from core.train import run as train_run
 
     result = train_run.run(cfg, args.out, resume=args.resume)
-    print(json.dumps(result, indent=1))
+    if spawn.is_main():
+        print(json.dumps(result, indent=1))
     return 0
 
 

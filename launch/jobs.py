@@ -5,6 +5,14 @@ returns the same call with resume=True; SLURM requeues it and train_run continue
 checkpoint (epoch granularity: the epoch in flight is redone). A job whose run is already finished returns its
 result.json at once. Each start appends a line to <sweep>/logs/<run>.starts.jsonl (time, job id, restart count,
 the checkpoint epoch it starts from), which is how a resumed start can be told from a fresh one.
+
+A job of several SLURM tasks (executor.slurm nodes x tasks_per_node) is one torch.distributed run: each task
+exports RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from submitit's environment
+(submitit.helpers.TorchDistributedEnvironment) and core creates the process group from them. Only rank 0 writes
+the start log. A preemption or timeout signal reaches every task, but submitit's handler checkpoints and
+requeues from global rank 0 only (the others log "Not checkpointing nor requeuing since I am a slave"), so the
+job is requeued once and all its tasks start again. Arms whose jobs are not distributed (`one_process`) run on
+rank 0 alone; the other tasks return at once.
 """
 
 from __future__ import annotations
@@ -30,17 +38,38 @@ class RunJob(submitit.helpers.Checkpointable):
         folder = RunFolder(run_dir)
         if folder.is_done():
             return folder.result()
+        arm = arms.runner(spec.kind, spec.mode, spec.arm)
+        rank, tasks = _tasks()
+        if tasks > 1 and getattr(arm, "one_process", False):
+            if rank != 0:
+                return {}
+        elif tasks > 1:
+            # overwrite: inside a SLURM task its environment is the truth (an sbatch may inherit a shell's RANK);
+            # CUDA_VISIBLE_DEVICES is left to SLURM and core (device LOCAL_RANK of the node's GPUs)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         # a folder with a started run is continued (requeue, or a rerun of the sweep after a crash)
         # (the sweep owns the folder: anything in it was written by an earlier start of this job)
-        resume = resume or folder.holds_run()
-        _log_start(spec, folder, resume)
+        started = resume or folder.holds_run()
+        if rank == 0:
+            _log_start(spec, folder, started)
         if spec.source and not RunFolder(spec.source).is_done():
             raise RuntimeError(f"{spec.name}: its pretraining run {spec.source} has not finished")
-        return arms.runner(spec.kind, spec.mode, spec.arm).run(spec, run_dir, resume)
+        # several tasks: rank 0 may already be writing the folder when another rank looks, so every rank is
+        # told to resume; resuming a folder with no checkpoint yet is a fresh start (core/train/run.py)
+        return arm.run(spec, run_dir, True if tasks > 1 else started)
 
     def checkpoint(self, spec: JobSpec, resume: bool = False) -> submitit.helpers.DelayedSubmission:
         # nothing to save here: train_run checkpoints every `train.checkpoint_every` epochs
         return submitit.helpers.DelayedSubmission(self, spec, resume=True)
+
+
+def _tasks() -> tuple[int, int]:
+    """(global rank, number of tasks) of this submitit job; (0, 1) outside one (the local executor runs jobs in
+    its own process, perhaps in a shell inside a SLURM allocation, whose SLURM_NTASKS is not this job's)."""
+    if "SUBMITIT_FOLDER" not in os.environ:
+        return 0, 1
+    env = submitit.JobEnvironment()
+    return env.global_rank, env.num_tasks
 
 
 def _log_start(spec: JobSpec, folder: RunFolder, resume: bool) -> None:
