@@ -8,6 +8,7 @@ import argparse
 import json
 
 from core.train.run_config import TRANSFER_MODES
+from launch import spawn
 
 PROBE = "probe"  # core.methods.probe.PROBE_MODE (not imported here: the CLI's parser loads no torch)
 
@@ -43,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="selected images per step (default: data.batch_size)")
     p.add_argument("--resume", action="store_true", help="continue the transfer in --out from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    spawn.add_argument(p)  # (--mode probe runs in one process: its work is one solve on cached features)
     p.set_defaults(run=run_finetune)
 
 
@@ -67,11 +69,14 @@ def run_finetune(args: argparse.Namespace) -> int:
 
         print(json.dumps(probe(args.source, cfg, args.out, resume=args.resume), indent=1))
         return 0
+    if spawn.wanted(args):
+        return spawn.launch(args)
     given = {"k": args.select_k, "lam": args.select_lambda, "batch_size": args.select_batch_size}
     if args.select_k == 0 and (args.select_lambda is not None or args.select_batch_size is not None):
         raise cfglib.ConfigError("--select-lambda and --select-batch-size need --select-k K > 0")
     select = select_transfer.SelectConfig(**{k: v for k, v in given.items() if v is not None})
     result = select_transfer.finetune_selected(args.source, cfg, args.out, select, mode=args.mode,
                                                resume=args.resume)
-    print(json.dumps(result, indent=1))
+    if spawn.is_main():
+        print(json.dumps(result, indent=1))
     return 0
