@@ -5,9 +5,13 @@ done     - the run folder has result.json (whatever the submission log says)
 running  - squeue says RUNNING/COMPLETING, or the local sweep that holds the sweep folder is on it
 pending  - squeue says PENDING/REQUEUED/... (resources, a dependency, a requeue), or a live local sweep will get
            to it
-failed   - its job ended without result.json (error, cancelled, dependency never satisfied); note: why
+failed   - its job ended without result.json (error, cancelled); note: why
+blocked  - a transfer or clustering job whose pretraining run failed (note: "blocked by <run> (failed)"), whatever
+           its own job says (pending on a dependency never satisfied, cancelled, not run); it runs after its
+           source once a rerun of the sweep gets that run done
 todo     - never submitted, or interrupted with no live job (note: whether it resumes from a checkpoint), or
-           its result.json is gone; `grainsweep sweep` runs every run that is todo or failed
+           its result.json is gone; `grainsweep sweep` runs every run that is todo, failed or blocked
+A pending (or locally queued) stage-2 job whose source is not done yet says "waits for <run>".
 Kinds: pretrain, scratch (stage 1); transfer, cluster (stage 2: k-means on a pretraining run's frozen features,
 mode shown as 'k-means').
 """
@@ -41,7 +45,22 @@ def job_states(sweep_dir: str | Path) -> list[dict]:
             live.update(executors.get(ex_name).states(sweep_dir, jobs))
         except ValueError:
             live.update({n: (base.TODO, f"jobs.json: unknown executor {ex_name!r}") for n in jobs})
-    return [_row(spec, sweep_dir, latest.get(spec.name), live.get(spec.name)) for spec in plan.jobs]
+    rows = [_row(spec, sweep_dir, latest.get(spec.name), live.get(spec.name)) for spec in plan.jobs]
+    _mark_blocked(plan.jobs, rows)
+    return rows
+
+
+def _mark_blocked(specs: list[JobSpec], rows: list[dict]) -> None:
+    """A job waits on its source run alone: blocked while that run failed, "waits for" it while it is unfinished."""
+    by_name = {r["name"]: r for r in rows}
+    for spec, row in zip(specs, rows):
+        source = by_name.get(spec.source_name)
+        if source is None or row["state"] in (base.DONE, base.RUNNING) or source["state"] == base.DONE:
+            continue
+        if source["state"] in (base.FAILED, base.BLOCKED):
+            row["state"], row["note"] = base.BLOCKED, f"blocked by {spec.source_name} (failed)"
+        elif row["state"] == base.PENDING:
+            row["note"] = f"waits for {spec.source_name}"
 
 
 def _row(spec: JobSpec, sweep_dir: Path, submitted: tuple[dict, str] | None, live: tuple[str, str] | None) -> dict:

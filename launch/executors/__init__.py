@@ -2,8 +2,10 @@
 registered here by name. Adding an executor = its module + one line in REGISTRY; the CLI's --executor choices
 and the sweep config's `executor.name` are this registry's names plus 'auto'.
 
-  local - in this process, one job after the other (launch/executors/local.py)
-  slurm - stage 1 as one job array, stage 2 as a second array held by afterok (launch/executors/slurm.py)
+  local - in this process, one job after the other; with executor.local.slots = N > 1, up to N child processes
+          at once (launch/executors/local.py, slots.py)
+  slurm - stage 1 as one job array, then per pretraining run an array of its transfers and clustering job held by
+          afterok on that run alone (launch/executors/slurm.py)
   debug - submitit's DebugExecutor: in-process, synchronous, pdb on failure (launch/executors/debug.py)
   auto  - slurm when sbatch is installed and its controller answers, else local (with a note saying why)
 

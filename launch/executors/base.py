@@ -16,6 +16,7 @@ from launch.sweep_config import ExecutorConfig
 
 # a job's state as `grainsweep status` shows it
 DONE, RUNNING, PENDING, FAILED, TODO = "done", "running", "pending", "failed", "todo"
+BLOCKED = "blocked"  # a stage-2 job whose source run failed: it runs once a rerun of the sweep gets the source done
 SUBMITIT_DIR = "submitit"  # <sweep>/submitit/<job id>/: submitit's pickles and logs (slurm, debug)
 
 

@@ -2,10 +2,14 @@
 and clustering job whose pretraining run finished (afterok per job).
 
 In-process because every new process spends ~8-10 s importing torch/ffcv, longer than many of the demo's runs;
-on 2 cores a pool would only contend. A failed run is logged (<sweep>/logs/<run>.error) and the sweep goes on.
+on 2 cores a pool would only contend. On a workstation with several GPUs (or cores to spare),
+`executor.local.slots: N` > 1 runs up to N jobs at once in child processes instead (launch/executors/slots.py).
+A failed run is logged (<sweep>/logs/<run>.error) and the sweep goes on; its transfers and clustering job are
+not run.
 Its jobs.json record lists the jobs in the order they run and gets each one's outcome as it ends; a job without
-an outcome is running (the first) or waiting (the rest) only while the sweep that wrote the record still holds
-the sweep folder's lock: after a Ctrl-C or a crash they are "todo" again.
+an outcome is running (the first; with slots, those in the record's "running" list) or waiting (the rest) only
+while the sweep that wrote the record still holds the sweep folder's lock: after a Ctrl-C or a crash they are
+"todo" again.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from core.format import lock
 from core.format.run_folder import is_done
-from launch.executors import base, records
+from launch.executors import base, records, slots
 from launch.executors.job import SweepJob
 from launch.plan import JobSpec, Plan
 
@@ -27,6 +31,11 @@ class LocalExecutor(base.Executor):
     def submit(self, plan: Plan, todo: list[JobSpec]) -> list[dict]:
         todo = sorted(todo, key=lambda j: j.stage)
         rec = {"time": time.time(), "executor": self.name, "jobs": {s.name: "local" for s in todo}, "states": {}}
+        if self.cfg.local.slots > 1:
+            rec["slots"], rec["running"] = self.cfg.local.slots, []
+            records.append_record(self.sweep_dir, rec)
+            slots.run(self.sweep_dir, todo, self.cfg.local.slots, rec)
+            return [rec]
         records.append_record(self.sweep_dir, rec)
         for i, spec in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {spec.name}", flush=True)
@@ -57,7 +66,8 @@ class LocalExecutor(base.Executor):
                 out[name] = (base.FAILED, base.error_note(sweep_dir, name, since=rec.get("time", 0.0)))
             elif outcome is None and _written_by_live_sweep(sweep_dir, rec):
                 waiting = [n for n in rec["jobs"] if n not in rec.get("states", {})]
-                out[name] = (base.RUNNING, "") if waiting and waiting[0] == name else (base.PENDING, "queued here")
+                running = rec.get("running", waiting[:1])
+                out[name] = (base.RUNNING, "") if name in running else (base.PENDING, "queued here")
             else:  # its sweep was interrupted (Ctrl-C, killed) before it got to this job, or while on it
                 out[name] = (base.TODO, base.not_running_note(sweep_dir, name) or "not started")
         return out

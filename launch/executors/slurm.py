@@ -1,8 +1,16 @@
-"""The SLURM executor: stage 1 as ONE job array (submitit `executor.batch()`), stage 2 as a second array with
-`--dependency=afterok:<stage-1 array id>`, so no transfer starts before every stage-1 task succeeded (a failed
-pretraining run leaves its transfers pending with DependencyNeverSatisfied, or cancelled where the cluster has
-kill_invalid_depend; rerun the sweep to retry). Jobs are RunJob Checkpointables: a timeout or preemption
-requeues them and they resume from their last checkpoint. Every cluster detail lives in `slurm_parameters`.
+"""The SLURM executor: stage 1 as ONE job array (submitit `executor.batch()`); stage 2 as one small array per
+pretraining run, held by `--dependency=afterok:<that run's job>` (an array task `<array>_<task>`). So a failed
+pretraining run holds back only its own transfers and clustering job: they stay pending (DependencyNeverSatisfied)
+or are cancelled where the cluster has kill_invalid_depend, and `grainsweep status` shows them "blocked" by it.
+A stage-2 job whose source run is already done has no dependency; one whose source is still queued or running
+from an earlier submission waits for that job. A rerun resubmits the failed run and its dependants (cancelling
+dependants still pending on the old, failed job), nothing else. Jobs are RunJob Checkpointables: a timeout or
+preemption requeues them and they resume from their last checkpoint. Every cluster detail lives in
+`slurm_parameters`.
+
+Per-run arrays rather than `aftercorr` between two aligned arrays: task i of stage 2 would have to match task i of
+stage 1, which breaks as soon as some pretraining runs are done from an earlier sweep and not resubmitted, or a
+run has several dependants (a transfer per mode, a clustering job).
 
 States come from squeue, then from text: the run's own error log (<sweep>/logs/<run>.error, written by the job)
 and submitit's stderr log. submitit's result pickles are never read: a file planted in a shared sweep folder
@@ -20,6 +28,7 @@ from pathlib import Path
 import submitit
 
 from core.format import config as cfglib
+from core.format.run_folder import is_done
 from launch.executors import base, records
 from launch.executors.job import SweepJob
 from launch.plan import JobSpec, Plan
@@ -79,27 +88,40 @@ class SlurmExecutor(base.Executor):
         return ex
 
     def submit(self, plan: Plan, todo: list[JobSpec]) -> list[dict]:
+        queue = squeue_states() or {}
+        earlier = records.latest_jobs(self.sweep_dir)
+        # a stage-2 job handed back while still queued waits on a failed source's old job (DependencyNeverSatisfied
+        # where the cluster keeps such jobs): cancel it, or it would run twice once resubmitted
+        stale = [earlier[j.name][1] for j in todo if j.stage == 2 and j.name in earlier
+                 and queue.get(earlier[j.name][1]) in PENDING]
+        if stale:
+            subprocess.run(["scancel", *stale], capture_output=True, timeout=60)
         out = []
-        dependency = ""
-        for stage in (1, 2):
-            specs = [j for j in todo if j.stage == stage]
-            if not specs:
-                continue
-            ex = self._executor()
-            if dependency:
-                ex.update_parameters(slurm_dependency=dependency)
-            with ex.batch():
-                jobs = [ex.submit(SweepJob(), spec) for spec in specs]
-            array_id = jobs[0].job_id.split("_")[0]
-            rec = {"time": time.time(), "executor": self.name, "stage": stage, "array_id": array_id,
-                   "dependency": dependency, "folder": str(self.sweep_dir / base.SUBMITIT_DIR),
-                   "jobs": {s.name: j.job_id for s, j in zip(specs, jobs)}}
-            records.append_record(self.sweep_dir, rec)
-            out.append(rec)
-            print(f"stage {stage}: {len(specs)} job(s) as array {array_id}"
-                  + (f" (after {dependency})" if dependency else ""), flush=True)
-            dependency = f"afterok:{array_id}"
+        stage1 = [j for j in todo if j.stage == 1]
+        if stage1:
+            out.append(self._submit_array(1, stage1, ""))
+        submitted = {name: job_id for rec in out for name, job_id in rec["jobs"].items()}
+        # stage 2: one array per dependency (per source run still to finish; one without for sources done)
+        groups: dict[str, list[JobSpec]] = {}
+        for spec in (j for j in todo if j.stage == 2):
+            groups.setdefault(_dependency(spec, submitted, earlier, queue), []).append(spec)
+        out += [self._submit_array(2, specs, dependency) for dependency, specs in groups.items()]
         return out
+
+    def _submit_array(self, stage: int, specs: list[JobSpec], dependency: str) -> dict:
+        ex = self._executor()
+        if dependency:
+            ex.update_parameters(slurm_dependency=dependency)
+        with ex.batch():
+            jobs = [ex.submit(SweepJob(), spec) for spec in specs]
+        array_id = jobs[0].job_id.split("_")[0]
+        rec = {"time": time.time(), "executor": self.name, "stage": stage, "array_id": array_id,
+               "dependency": dependency, "folder": str(self.sweep_dir / base.SUBMITIT_DIR),
+               "jobs": {s.name: j.job_id for s, j in zip(specs, jobs)}}
+        records.append_record(self.sweep_dir, rec)
+        print(f"stage {stage}: {len(specs)} job(s) as array {array_id}"
+              + (f" (after {dependency})" if dependency else ""), flush=True)
+        return rec
 
     @classmethod
     def states(cls, sweep_dir: Path, jobs: dict[str, tuple[dict, str]]) -> dict[str, tuple[str, str]]:
@@ -119,6 +141,21 @@ class SlurmExecutor(base.Executor):
                              or _submitit_error(sweep_dir, job_id)
                              or "ended without a result (cancelled, or its dependency failed)")
         return out
+
+
+def _dependency(spec: JobSpec, submitted: dict[str, str], earlier: dict[str, tuple[dict, str]],
+                queue: dict[str, str]) -> str:
+    """afterok on the job of the stage-2 job's source run: the one just submitted, else one still queued or running
+    from an earlier submission; none where the source is done (or has no live job: the job then fails at once,
+    saying its source has not finished, rather than wait for nothing)."""
+    source = spec.source_name
+    if not source or is_done(spec.source):
+        return ""
+    if source in submitted:
+        return f"afterok:{submitted[source]}"
+    if source in earlier and earlier[source][1] in queue:
+        return f"afterok:{earlier[source][1]}"
+    return ""
 
 
 def squeue_states() -> dict[str, str] | None:
