@@ -23,9 +23,11 @@ import numpy as np
 from ffcv.loader import Loader
 from ffcv.loader.epoch_iterator import IS_CUDA, EpochIterator
 from ffcv.pipeline.compiler import Compiler
+from ffcv.traversal_order.base import TraversalOrder
 
 from core.format.beton_file import BetonError
 from core.data.beton_images import read_images
+from core.data.source import rank_positions
 from core.format.ffcv_types import mend_os_cache_types
 
 QUEUE_POLL_S = 0.5  # how often a worker blocked on a full queue checks whether the epoch was closed (as ffcv's)
@@ -41,7 +43,16 @@ mend_os_cache_types()
 
 
 class GuardedLoader(Loader):
-    """ffcv's Loader, same arguments, whose epochs end with `LoaderWorkerError` when a worker fails."""
+    """ffcv's Loader, same arguments, whose epochs end with `LoaderWorkerError` when a worker fails.
+
+    shard=(rank, world): serve only this rank's share of every epoch (`RankShare`); ffcv's own distributed=True is
+    not used (its DistributedSampler pads with repeats and orders rows unlike one process)."""
+
+    def __init__(self, *args, shard: tuple[int, int] | None = None, **kw) -> None:
+        super().__init__(*args, **kw)
+        if shard is not None and shard[1] > 1:
+            self.traversal_order = RankShare(self.traversal_order, *shard, self.batch_size, self.drop_last)
+            self.first_traversal_order = self.next_traversal_order()
 
     def __iter__(self) -> GuardedEpochIterator:
         # ffcv's Loader.__iter__ (loader/loader.py) with our EpochIterator
@@ -52,6 +63,20 @@ class GuardedLoader(Loader):
         if self.code is None or self.recompile:
             self.generate_code()
         return GuardedEpochIterator(self, selected_order)
+
+
+class RankShare(TraversalOrder):
+    """The rows of `order`'s epoch that rank `rank` of `world` serves (core.data.source.rank_positions): the
+    one-process order, so a run's steps see the same rows at any world size."""
+
+    def __init__(self, order: TraversalOrder, rank: int, world: int, batch_size: int, drop_last: bool) -> None:
+        super().__init__(order.loader)
+        self.order, self.rank, self.world = order, rank, world
+        self.batch_size, self.drop_last = batch_size, drop_last
+
+    def sample_order(self, epoch: int):
+        order = np.asarray(self.order.sample_order(epoch))
+        return order[rank_positions(len(order), self.batch_size, self.drop_last, self.rank, self.world)]
 
 
 class _Failed:

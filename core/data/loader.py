@@ -17,12 +17,16 @@ ffcv facts this module relies on (ffcv 1.0.2 source, site-packages/ffcv):
   (loader.py, "Adding the default pipelines"); so every column we do not want is disabled with `None`.
 - Outputs come back as a tuple in the beton's column order, not in the order of `pipelines`.
 - Order of epoch e is `traversal_order.sample_order(e)`; `Loader.__iter__` uses `next_epoch` and then
-  increments it. RANDOM is `np.random.default_rng(seed + epoch).permutation(indices)` (distributed:
-  DistributedSampler(seed).set_epoch(epoch), which also seeds with seed + epoch); QUASI_RANDOM seeds numba with
+  increments it. RANDOM is `np.random.default_rng(seed + epoch).permutation(indices)`; QUASI_RANDOM seeds numba with
   `seed * 912300 + epoch`. So resuming at epoch e = setting `next_epoch = e` before iterating (`set_epoch`).
   Because of `seed + epoch`, seed s at epoch e+1 would replay seed s+1 at epoch e: runs of a seed sweep would
   share their orders shifted by one epoch. We hand ffcv `seed * SEED_STRIDE` for RANDOM so orders of different
   seeds never coincide for epochs < SEED_STRIDE.
+- ffcv's distributed=True (a DistributedSampler, seeded with seed + epoch, padding every rank's share with
+  repeats to equal length) is not used: more processes (`distributed`) serve shares of the one-process order
+  instead (core.data.ffcv_loader.RankShare), so no row is served twice and step i sees the same rows at any world
+  size. The crops still differ between world sizes: a crop's seed includes the first and last row of its batch,
+  and a rank's batch is a part of the one-process batch.
 - ffcv's RandomResizedCrop and RandomHorizontalFlip draw from numba's per-thread np.random, which ffcv never
   seeds; we use core.data.seeded_crop.SeededRandomResizedCrop (crops a pure function of seed and epoch) and flip
   on the device. Both our decoders (core.data.seeded_crop) decode JPEGs at the smallest DCT scale k/8 that keeps the
@@ -103,6 +107,9 @@ class BetonLoader:
         return len(self.ffcv)
 
     def __iter__(self) -> Iterator[Batch]:
+        if len(self.ffcv) == 0:  # a rank whose share of a small set is empty (ffcv cannot iterate no rows)
+            self.ffcv.next_epoch += 1
+            return
         for out in self.ffcv:
             by_name = dict(zip(self._columns, out))
             labels = {lv: self.derived[lv][by_name[INDEX_COLUMN]] if lv in self.derived else by_name[lv]
@@ -113,7 +120,8 @@ class BetonLoader:
 
 def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size: int, num_workers: int,
                  levels: Sequence[str], resolution: int, order: Literal["random", "quasi_random", "sequential"],
-                 os_cache: bool, distributed: bool, drop_last: bool | None, extra_columns: Sequence[str] = (),
+                 os_cache: bool, distributed: bool | tuple[int, int], drop_last: bool | None,
+                 extra_columns: Sequence[str] = (),
                  seed: int, device: str | torch.device, flip_on_cpu: bool = False,
                  scale: tuple[float, float] | None = None,
                  batches_ahead: int = 3, indices: Sequence[int] | np.ndarray | None = None) -> BetonLoader:
@@ -128,13 +136,17 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
     levels may name derived levels of the dataset in the beton's folder (see the module docstring); the beton's
     file stem ('train', 'val') picks the sidecar's split.
     seed: orders are a function of (seed, epoch); see the module docstring.
+    distributed: serve this process's share only (core.data.source.rank_positions, the module docstring):
+    True = rank and world size of torch.distributed's process group, (rank, world) = those; False = every row.
+    batch_size is then per process (a training step's global batch is batch_size x world).
     indices: serve only these rows of the beton (ffcv's `indices`, no copy), e.g. the images of some classes
     (`rows_with_labels`); 'sequential' keeps their order, 'random' permutes them per epoch. None = every row.
     """
     path = Path(path)
     levels, extra_columns, asked = check_request(split, order, levels, extra_columns, scale)
-    if order == "quasi_random" and distributed:
-        raise ValueError("ffcv 1.0.2 has no quasi_random order with distributed=True; use 'random'")
+    shard = _shard(distributed)
+    if order == "quasi_random" and shard is not None:
+        raise ValueError("ffcv 1.0.2 has no quasi_random order over more than one process; use order 'random'")
 
     # check the columns against the header before ffcv does anything
     columns = beton_columns(path)
@@ -169,11 +181,26 @@ def build_loader(path: str | Path, *, split: Literal["train", "val"], batch_size
         drop_last = split == "train"
     ffcv_seed = int(seed) * SEED_STRIDE if order == "random" else int(seed)
     loader = GuardedLoader(str(path), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
-                           order=ORDERS[order], distributed=distributed, seed=ffcv_seed, indices=rows,
+                           order=ORDERS[order], seed=ffcv_seed, shard=shard, indices=rows,
                            pipelines=pipelines, drop_last=drop_last, batches_ahead=batches_ahead)
     enabled = [c for c in columns if c in asked or (derived and c == INDEX_COLUMN)]
     tables = {lv: torch.as_tensor(t, device=device) for lv, t in derived.items()}
     return BetonLoader(loader, decoder, enabled, levels, extra_columns, tables)
+
+
+def _shard(distributed: bool | tuple[int, int]) -> tuple[int, int] | None:
+    if distributed is True:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("distributed=True needs torch.distributed's process group (or pass (rank, world))")
+        distributed = (dist.get_rank(), dist.get_world_size())
+    if not distributed or distributed[1] <= 1:
+        return None
+    rank, world = int(distributed[0]), int(distributed[1])
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside world size {world}")
+    return rank, world
 
 
 def check_request(split: str, order: str, levels: Sequence[str], extra_columns: Sequence[str],

@@ -49,7 +49,7 @@ from core.format.beton_file import BetonError, beton_columns, check_indices, col
 from core.data.beton_images import image_sizes, padded_nbytes, read_images
 from core.data.loader import VAL_CROP_RATIO, check_request
 from core.data.seeded_crop import ASPECT_RATIO
-from core.data.source import Batch
+from core.data.source import Batch, rank_positions
 
 CROP_TRIES = 10  # torchvision's and ffcv's tries before the centre-crop fallback
 
@@ -132,7 +132,7 @@ class ResidentLoader:
     def __init__(self, images: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor,
                  labels: dict[str, torch.Tensor], extras: dict[str, torch.Tensor], *,
                  split: Literal["train", "val"], batch_size: int, resolution: int, order: str, drop_last: bool,
-                 seed: int, scale: tuple[float, float] | None) -> None:
+                 seed: int, scale: tuple[float, float] | None, shard: tuple[int, int] = (0, 1)) -> None:
         self.images = images  # uint8 (N, H, W, 3) on the device, padded
         self.heights, self.widths = heights, widths  # int64 (N,) on the CPU, where the boxes are drawn
         self._labels, self._extras = labels, extras  # name -> int64 (N,) on the device
@@ -143,6 +143,7 @@ class ResidentLoader:
         self._batch_size = int(batch_size)
         self._resolution = int(resolution)
         self._epoch = 0
+        self.shard = shard  # (rank, world): serve that rank's share (core.data.source.rank_positions)
         self._val_boxes = center_crop_boxes(heights, widths, VAL_CROP_RATIO) if split == "val" else None
 
     # progressive resizing and resume, as BetonLoader
@@ -169,7 +170,7 @@ class ResidentLoader:
         return self._batch_size
 
     def __len__(self) -> int:
-        n = len(self.images)
+        n = len(rank_positions(len(self.images), self._batch_size, self.drop_last, *self.shard))
         return n // self._batch_size if self.drop_last else -(-n // self._batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -179,13 +180,17 @@ class ResidentLoader:
         return self._batches(epoch, resolution)
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows (N,), boxes (N, 4)) of epoch `epoch`, on the CPU, in serving order."""
+        """(rows, boxes (rows, 4)) this rank serves in epoch `epoch`, on the CPU, in serving order. Drawn for the
+        whole set, then this rank's share taken: the crops of a row do not depend on the world size."""
         g = epoch_generator(self.seed, epoch)
         n = len(self.images)
         rows = torch.arange(n) if self.order == "sequential" else torch.randperm(n, generator=g)
-        if self._val_boxes is not None:
-            return rows, self._val_boxes[rows]
-        return rows, draw_crop_boxes(self.heights[rows], self.widths[rows], self.scale, g)
+        boxes = (self._val_boxes[rows] if self._val_boxes is not None else
+                 draw_crop_boxes(self.heights[rows], self.widths[rows], self.scale, g))
+        if self.shard[1] > 1:
+            mine = torch.from_numpy(rank_positions(n, self._batch_size, self.drop_last, *self.shard))
+            rows, boxes = rows[mine], boxes[mine]
+        return rows, boxes
 
     def _batches(self, epoch: int, resolution: int) -> Iterator[Batch]:
         rows, boxes = self.epoch_plan(epoch)
@@ -203,12 +208,14 @@ def build_resident_loader(path: str | Path, *, split: Literal["train", "val"], b
                           order: Literal["random", "quasi_random", "sequential"], drop_last: bool | None,
                           extra_columns: Sequence[str] = (), seed: int,
                           device: str | torch.device, scale: tuple[float, float] | None = None,
-                          indices: Sequence[int] | np.ndarray | None = None, max_bytes: int) -> ResidentLoader:
+                          indices: Sequence[int] | np.ndarray | None = None, max_bytes: int,
+                          shard: tuple[int, int] = (0, 1)) -> ResidentLoader:
     """A ResidentLoader over the beton at `path`; the arguments mean what they mean for core.data.loader.build_loader.
 
     levels may name derived levels (core/format/derived.py), looked up once here. max_bytes: refuse
     (ResidentMemoryError) when the padded images (N x H x W x 3 bytes) would take more (the run's cap is
-    data.resident_max_gb)."""
+    data.resident_max_gb). shard=(rank, world): serve that rank's share (`distributed` of build_loader); every rank
+    holds the whole set."""
     path = Path(path)
     levels, extra_columns, _ = check_request(split, order, levels, extra_columns, scale)
     if batch_size < 1 or resolution < 1:
@@ -242,4 +249,5 @@ def build_resident_loader(path: str | Path, *, split: Literal["train", "val"], b
     return ResidentLoader(torch.from_numpy(data.pixels).to(device), torch.from_numpy(data.heights),
                           torch.from_numpy(data.widths), {lv: values(lv) for lv in levels},
                           {c: values(c) for c in extra_columns}, split=split, batch_size=batch_size,
-                          resolution=resolution, order=order, drop_last=drop_last, seed=seed, scale=scale)
+                          resolution=resolution, order=order, drop_last=drop_last, seed=seed, scale=scale,
+                          shard=shard)

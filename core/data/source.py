@@ -11,7 +11,28 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+import numpy as np
 import torch
+
+
+def rank_positions(n: int, batch_size: int, drop_last: bool, rank: int, world: int) -> np.ndarray:
+    """Positions (into an epoch's serving order of `n` rows) that rank `rank` of `world` serves, in its order.
+
+    drop_last (training): the epoch is cut into global batches of batch_size x world rows, as one process with
+    that batch would cut it, and each rank takes its consecutive batch_size rows of every global batch: the ranks'
+    step-i batches together are the one-process step-i batch, every row served at most once, and the rows left
+    over are those one process drops. Without drop_last (evaluation): whole batches of batch_size rows, dealt round
+    robin (batch j to rank j % world): every row exactly once, no padding, and each batch the one a single process
+    with this batch size evaluates."""
+    if world <= 1:
+        return np.arange(n)
+    if drop_last:
+        big = batch_size * world
+        steps = n // big
+        return (np.arange(steps)[:, None] * big + rank * batch_size + np.arange(batch_size)[None, :]).reshape(-1)
+    starts = np.arange(rank * batch_size, n, batch_size * world)
+    return np.concatenate([np.arange(s, min(s + batch_size, n)) for s in starts]) if len(starts) else \
+        np.arange(0)
 
 
 class Batch(NamedTuple):

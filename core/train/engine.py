@@ -12,6 +12,7 @@ from tqdm import tqdm
 from core.device import Precision
 from core.format.hierarchy import Hierarchy
 from core.data.source import BatchSource, GpuBatches
+from core.train.distributed import current, sum_over_ranks
 from core.train.metrics import LevelAccuracy
 from core.train.objective import Objective
 
@@ -38,13 +39,16 @@ def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: t
     `objective` gives the loss from the model output and the targets of every level it trains on, and the logits
     at its level (for the training accuracy). `set_lr(step)` writes the step's learning rate into the optimizer
     (a tensor, so compiled code is not re-specialised) and returns it. Loss and accuracy are summed on the
-    device and read once per epoch: a `.item()` per step would wait for the device every step.
+    device and read once per epoch: a `.item()` per step would wait for the device every step. With more
+    processes (core.train.distributed) the statistics are summed over ranks (every rank gets the same) and only
+    rank 0 shows the bar.
     """
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
     seen, scored = 0, 0  # images through the model; rows with a label at the objective's level
     t0 = time.perf_counter()
-    bar = tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0,
+               disable=not current().is_main)
     for x, targets, _extras in bar:
         target = targets[objective.level]
         lr = set_lr(step)
@@ -67,6 +71,10 @@ def train_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: t
         bar.set_postfix_str(f"{seen / max(elapsed, 1e-9):,.0f} img/s", refresh=False)
     bar.close()
     seconds = time.perf_counter() - t0
+    if current().distributed:
+        loss_sum, correct, n_seen, n_scored = sum_over_ranks(loss_sum, correct, torch.tensor(seen),
+                                                             torch.tensor(scored))
+        seen, scored = int(n_seen), int(n_scored)
     n = max(seen, 1)
     return step, EpochStats(loss=float(loss_sum) / n, acc1=float(correct) / max(scored, 1), images=seen,
                             seconds=seconds, wait_fraction=batches.wait_fraction)
@@ -79,13 +87,17 @@ def evaluate(*, forward: Callable[[torch.Tensor], torch.Tensor], loader: BatchSo
              desc: str = "eval") -> dict[str, float]:
     """Top-1/top-5 at `level` and at every coarser level (fine probabilities summed into coarse classes),
     on all samples and, where the data marks them (`hard` column), on hard samples. With an `objective`, its
-    `logits(output)` are scored (a multi-head model's head at `level`); else the output itself."""
+    `logits(output)` are scored (a multi-head model's head at `level`); else the output itself. With more processes
+    each rank scores its own batches (the loader's share, every image once over all ranks) and the counts are
+    summed: every rank returns the whole set's metrics."""
     acc = LevelAccuracy(hierarchy, level)
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0):
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0,
+                      disable=not current().is_main):
         x, _ = augment(batch.images, None)
         with precision.autocast():
             output = forward(x)
         logits = (objective.logits(output) if objective is not None else output).float()
         loss = loss_fn(logits, batch.labels[level]) if loss_fn is not None else None
         acc.update(logits, batch.labels, hard=batch.extras.get("hard"), loss=loss)
+    acc.all_reduce()
     return acc.compute()

@@ -26,6 +26,13 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
     return (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
 
 
+def _collective_device() -> torch.device:
+    import torch.distributed as dist
+
+    # nccl reduces tensors on this process's CUDA device (set by core.train.distributed), gloo on the CPU
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 class LevelAccuracy:
     """Accumulates top-k accuracy at `level` and every coarser level, plus the mean cross-entropy at `level`.
 
@@ -93,15 +100,22 @@ class LevelAccuracy:
                     self._add(f"acc{k}_hard/{name}", (ok & hard).sum())
 
     def all_reduce(self) -> None:
-        """Sums the running totals over processes (call on every rank before compute()).
+        """Sums the running totals over processes (every rank calls it before compute(); a no-op with one).
 
-        Every rank must have seen the same keys: pass `hard` on all ranks or on none.
-        """
+        A rank that saw no batch (its share of a small set is empty), or no hard sample, lacks some keys: the keys
+        are agreed first, missing ones counted as 0, so every rank sums the same tensors in the same order."""
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            for key in sorted(self._sums):  # same order on every rank
-                dist.all_reduce(self._sums[key])
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        keys: list = [None] * dist.get_world_size()
+        dist.all_gather_object(keys, sorted(self._sums))
+        device = next(iter(self._sums.values())).device if self._sums else _collective_device()
+        names = sorted(set().union(*keys))
+        flat = torch.stack([self._sums[k].to(device) if k in self._sums else
+                            torch.zeros((), dtype=torch.float64, device=device) for k in names])
+        dist.all_reduce(flat)
+        self._sums = dict(zip(names, flat.unbind()))
 
     def compute(self) -> dict[str, float]:
         """{'acc1/<level>', 'acc5/<level>', 'acc1_hard/<level>', ..., 'loss', 'n', 'n_hard'}.

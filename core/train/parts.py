@@ -21,6 +21,7 @@ from core.device import Precision, resolve_device, resolve_precision
 from core.format import derived as derived_lib
 from core.format import hierarchy as hlib
 from core.models.build import to_channels_last
+from core.train.distributed import World, current
 from core.train.objective import Objective
 from core.train.optim import build_loss, build_optimizer
 from core.train.run_config import RunConfig, RunConfigError
@@ -61,6 +62,12 @@ class Parts:
     schedule: LRSchedule
     loss_fn: Any  # evaluation loss at `level`
     objective: Objective  # what training minimises (core/train/objective.py)
+    train_forward: Any = None  # the training step's forward (DistributedDataParallel over `forward` when there are
+    # more processes); None = `forward`. Evaluation uses `forward`: each rank scores its own batches, no collective
+
+    @property
+    def step_forward(self) -> Any:
+        return self.train_forward if self.train_forward is not None else self.forward
 
 
 def check_data(cfg: RunConfig) -> tuple[hlib.Hierarchy, str]:
@@ -129,8 +136,10 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
     Without them, both follow `train.objective` (core/train/semantic_softmax.py): a single-head model and cross-entropy,
     or one head per level and the semantic softmax."""
     h, level = check_data(cfg)
-    torch.manual_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    world = current()
+    per_rank_batch = _per_rank_batch(cfg, world)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    device = world.device or resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     data = Path(cfg.data.path)
     objective_given = objective is not None
@@ -147,17 +156,23 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
         raise RunConfigError(f"train.objective=semantic_softmax needs a model with one head per level of "
                              f"{list(objective.levels)} (core.train.semantic_softmax.build_run_model); the model given "
                              "has other heads. A transfer trains one new head: use train.objective=single")
+    if cfg.model.sync_bn and world.distributed:  # batch statistics over the global batch, as one process has them
+        model = _sync_batchnorm(model)
     model = model.to(device)
     if cfg.model.channels_last:
         model = to_channels_last(model)
     use_compile = cfg.model.compile == "always" or (cfg.model.compile == "auto" and device.type == "cuda")
     forward = torch.compile(model) if use_compile else model
+    train_forward = None
+    if world.distributed:  # gradients averaged over ranks: each rank's mean over an equal share = the global mean
+        train_forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None)
 
     # data
     val_beton = data / derived_lib.eval_beton(data, level)  # val.beton but for a level that labels no val sample
     extras = ["hard"] if "hard" in beton_columns(val_beton) else []
     start_res = resolution_at(0, cfg.data.resolution, cfg.train.progressive)
-    train_loader = build_run_loader(cfg, data / "train.beton", split="train", batch_size=cfg.data.batch_size,
+    train_loader = build_run_loader(cfg, data / "train.beton", split="train", batch_size=per_rank_batch,
                                     levels=list(objective.train_levels), resolution=start_res,
                                     order=cfg.data.order, drop_last=True, scale=cfg.data.scale,
                                     seed=cfg.train.seed, device=device)
@@ -183,17 +198,45 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
                           total_steps=cfg.train.epochs * steps_per_epoch, kind=cfg.optim.schedule,
                           final_lr_fraction=cfg.optim.final_lr_fraction)
     return Parts(h, level, device, precision, model, forward, train_loader, val_loader, train_augment,
-                 val_augment, optimizer, schedule, build_loss(cfg.optim.label_smoothing), objective)
+                 val_augment, optimizer, schedule, build_loss(cfg.optim.label_smoothing), objective, train_forward)
+
+
+def _sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """torch's convert_sync_batchnorm, except for norm layers a linear transfer froze in eval mode (an instance-level
+    `train`, core.train.transfer): they normalise with running statistics, and a new module would lose the freeze."""
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        return module if "train" in vars(module) else torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        new = _sync_batchnorm(child)
+        if new is not child:
+            module.add_module(name, new)
+    return module
+
+
+def _per_rank_batch(cfg: RunConfig, world: World) -> int:
+    """data.batch_size is the global batch: each of the world's processes takes an equal share of every step."""
+    if not world.distributed:
+        return cfg.data.batch_size
+    if cfg.data.order == "quasi_random":
+        raise RunConfigError(f"data.order=quasi_random cannot run on {world.size} processes (ffcv 1.0.2 has no "
+                             "distributed quasi_random order); use data.order=random")
+    if cfg.data.batch_size % world.size:
+        raise RunConfigError(f"data.batch_size={cfg.data.batch_size} (the global batch) does not divide over "
+                             f"WORLD_SIZE={world.size} processes; use a multiple of {world.size}")
+    return cfg.data.batch_size // world.size
 
 
 def build_run_loader(cfg: RunConfig, path: Path, **kw: Any) -> BatchSource:
     """A run's training or validation loader: core.data.loader.build_loader, or with data.resident the device-resident
-    loader (core/data/resident.py) on the same arguments (ffcv's workers/os_cache/distributed then have no meaning)."""
+    loader (core/data/resident.py) on the same arguments (ffcv's workers/os_cache then have no meaning). With more
+    processes (core.train.distributed) each serves its rank's share."""
+    world = current()
+    shard = (world.rank, world.size)
     if not cfg.data.resident:
-        return build_loader(path, num_workers=cfg.data.workers, os_cache=cfg.data.os_cache, distributed=False,
-                            **kw)
+        return build_loader(path, num_workers=cfg.data.workers, os_cache=cfg.data.os_cache,
+                            distributed=shard if world.distributed else False, **kw)
     try:
-        return build_resident_loader(path, max_bytes=int(cfg.data.resident_max_gb * 1e9), **kw)
+        return build_resident_loader(path, max_bytes=int(cfg.data.resident_max_gb * 1e9), shard=shard, **kw)
     except ResidentMemoryError as e:
         raise RunConfigError(f"data.resident=true: {e}; raise data.resident_max_gb if the device has the memory, "
                              "or set data.resident=false (ffcv decodes on the CPU)") from None

@@ -5,6 +5,9 @@ The run folder (core/format/run_folder.py) gets config.yaml + provenance.json (g
 dataset's absolute path and fingerprint), metrics.jsonl (one line per epoch), TensorBoard events under tb/,
 checkpoints under checkpoints/, and result.json once the run has finished (its presence is what makes a run
 "done" for reruns of a sweep).
+
+With more processes (WORLD_SIZE > 1, core/train/distributed.py) every rank trains its share of each batch; rank 0
+alone holds the folder's lock and writes the folder, and tells the others which checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from core.format import config as cfglib, provenance
 from core.format.lock import FolderLock
 from core.format.run_folder import RunFolder, dataset_fingerprint
 from core.train import checkpoint
+from core.train.distributed import World, init_from_env
 from core.train.engine import evaluate, train_epoch
 from core.train.parts import Parts, build_parts, resolution_at
 from core.train.run_config import RunConfig, RunConfigError, absolute_data_path
@@ -63,27 +68,37 @@ def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, parts: Parts 
 
     One writer per run folder (core.format.lock: a second train/resume of the same folder is refused, naming the
     first). config.yaml records data.path as an absolute path, so the run's dataset is found from any working
-    directory (`grainsweep eval RUN`)."""
-    with FolderLock(run_dir, what="a training run"):
-        return _run(cfg, run_dir, resume, parts)
+    directory (`grainsweep eval RUN`). With WORLD_SIZE > 1 in the environment, this process is one rank of the
+    run (core/train/distributed.py: the group is created here and destroyed on return)."""
+    with init_from_env(cfg.train.device) as world, ExitStack() as held:
+        world.on_main(lambda: bool(held.enter_context(FolderLock(run_dir, what="a training run"))))
+        return _run(cfg, run_dir, resume, parts, world)
 
 
-def _run(cfg: RunConfig, run_dir: str | Path, resume: bool, parts: Parts | None) -> dict:
+def _run(cfg: RunConfig, run_dir: str | Path, resume: bool, parts: Parts | None, world: World) -> dict:
     folder = RunFolder(run_dir)
     run_dir, ckpt_dir = folder.path, folder.checkpoint_dir
-    folder.refuse_unless_resume(resume)
     cfg = absolute_data_path(cfg)
-    if resume:
-        _check_resume_config(folder, cfg)
+
+    def check() -> bool:  # rank 0; True = there is a checkpoint to resume from
+        folder.refuse_unless_resume(resume)
+        if resume:
+            _check_resume_config(folder, cfg)
+        return bool(resume and folder.checkpoints())
+
+    from_checkpoint = world.on_main(check)
     p = parts or build_parts(cfg)
     start_epoch, step = 0, 0
-    if resume and folder.checkpoints():
-        # the newest readable checkpoint: a damaged newest one (killed mid-copy, full disk) is skipped
-        _, state = checkpoint.load_newest(ckpt_dir, model=p.model, optimizer=p.optimizer, what=str(run_dir))
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-    _record_or_check_dataset(folder, cfg.data.path)  # before anything in the folder is rewritten
-    provenance.record(run_dir, cfg, {"level": p.level, "device": str(p.device)})
-    log = RunLog(run_dir, start_epoch=start_epoch, purge_step=step if step else None)
+    if from_checkpoint:
+        start_epoch, step = _resume(p, ckpt_dir, world, str(run_dir))
+
+    def record() -> None:  # rank 0, before anything in the folder is rewritten
+        _record_or_check_dataset(folder, cfg.data.path)
+        provenance.record(run_dir, cfg, {"level": p.level, "device": str(p.device), **(
+            {"world_size": world.size} if world.distributed else {})})
+
+    world.on_main(record)
+    log = RunLog(run_dir, start_epoch=start_epoch, purge_step=step if step else None) if world.is_main else None
     result: dict = {}
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
@@ -95,7 +110,7 @@ def _run(cfg: RunConfig, run_dir: str | Path, resume: bool, parts: Parts | None)
                 return p.schedule.apply(p.optimizer, s)
 
             step, stats = train_epoch(
-                forward=p.forward, optimizer=p.optimizer, objective=p.objective,
+                forward=p.step_forward, optimizer=p.optimizer, objective=p.objective,
                 batches=GpuBatches(p.train_loader, p.train_augment), set_lr=set_lr, step=step,
                 precision=p.precision, desc=f"epoch {epoch + 1}/{cfg.train.epochs} {p.level}")
             record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "resolution": res,
@@ -114,22 +129,58 @@ def _run(cfg: RunConfig, run_dir: str | Path, resume: bool, parts: Parts | None)
                 result = ev
             if not math.isfinite(stats.loss):
                 raise FloatingPointError(f"training loss is {stats.loss} at epoch {epoch + 1}; lower optim.lr")
-            log.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
-            log.epoch(record)
+            if log is not None:
+                log.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
+                log.epoch(record)
             if last_epoch or (epoch + 1) % cfg.train.checkpoint_every == 0:
-                checkpoint.save(ckpt_dir / f"epoch{epoch + 1:04d}.pt", model=p.model, optimizer=p.optimizer,
-                                step=step, epoch=epoch + 1, extra={"level": p.level})
-                _prune(ckpt_dir, cfg.train.keep_checkpoints)
-            print(_summary(record, p.level), flush=True)
+                _save(p, ckpt_dir / f"epoch{epoch + 1:04d}.pt", step, epoch + 1, cfg.train.keep_checkpoints, world)
+            if world.is_main:
+                print(_summary(record, p.level), flush=True)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     if not result:  # resumed after the last epoch's checkpoint: evaluate the final weights
         p.model.eval()
         result = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
                           level=p.level, precision=p.precision, loss_fn=p.loss_fn, objective=p.objective)
     final = {"level": p.level, "epochs": cfg.train.epochs, **result}
-    provenance.write_atomic(folder.result_file, json.dumps(final, indent=1) + "\n")
+    world.on_main(lambda: provenance.write_atomic(folder.result_file, json.dumps(final, indent=1) + "\n"))
     return final
+
+
+def _resume(p: Parts, ckpt_dir: Path, world: World, what: str) -> tuple[int, int]:
+    """Loads the newest readable checkpoint (a damaged newest one, killed mid-copy or on a full disk, is skipped)
+    on every rank: rank 0 picks it. Returns (epochs done, step)."""
+    path, state = world.on_main(lambda: checkpoint.load_newest(ckpt_dir, model=p.model, optimizer=p.optimizer,
+                                                                what=what))
+    if not world.is_main:
+        checkpoint.load(path, model=p.model, optimizer=p.optimizer)
+    saved_world = int(state["extra"].get("world_size", 1))
+    if saved_world == world.size and world.distributed:
+        checkpoint.set_rng_state(state["extra"]["rng_ranks"][world.rank])  # each rank's own draws continue
+    elif saved_world != world.size and world.is_main:
+        print(f"resuming {what} on {world.size} process(es) from {path.name}, written by {saved_world}: training "
+              f"continues from its epoch {state['epoch']}, but does not replay what a run on {saved_world} would "
+              "have done (other batch shares and random draws per process)", flush=True)
+    return int(state["epoch"]), int(state["step"])
+
+
+def _save(p: Parts, path: Path, step: int, epoch: int, keep: int, world: World) -> None:
+    """Rank 0 writes the checkpoint (the unwrapped model), with every rank's RNG state for an exact resume at this
+    world size, and prunes old ones."""
+    extra: dict[str, Any] = {"level": p.level, "world_size": world.size}
+    if world.distributed:
+        import torch.distributed as dist
+
+        states: list = [None] * world.size
+        dist.all_gather_object(states, checkpoint.rng_state())
+        extra["rng_ranks"] = states
+
+    def write() -> None:
+        checkpoint.save(path, model=p.model, optimizer=p.optimizer, step=step, epoch=epoch, extra=extra)
+        _prune(path.parent, keep)
+
+    world.on_main(write)
 
 
 def _prune(ckpt_dir: Path, keep: int) -> None:

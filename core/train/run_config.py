@@ -64,6 +64,7 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model builder (e.g. depth, width)
     compile: Literal["auto", "always", "never"] = "auto"  # torch.compile: auto = on CUDA only (CPU compiles are slow)
     channels_last: bool = True
+    sync_bn: bool = False  # with more than one process: BatchNorm statistics over the global batch (SyncBatchNorm)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import types
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from core.format import config as cfglib, provenance
 from core.format.lock import FolderLock
 from core.format.run_folder import RunFolder, RunFolderError
 from core.train import checkpoint
+from core.train.distributed import World, init_from_env
 from core.train.parts import Parts, build_parts, check_data
 from core.train.run import run
 from core.train.run_config import SINGLE_HEAD, TRANSFER_MODES, RunConfig, RunConfigError, TransferMode
@@ -98,15 +100,18 @@ def finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: Transfer
     """Trains `cfg` (see transfer_config) in `out`, starting from `source`; returns the final evaluation.
 
     make_parts(cfg, model) builds the run's parts from the transfer model instead of build_parts (a transfer
-    with more heads and data: core/methods/select_transfer.py)."""
-    with FolderLock(out, what="a transfer"):  # transfer.json is written before run() takes the same lock
-        return _finetune(source, cfg, out, mode, resume, make_parts)
+    with more heads and data: core/methods/select_transfer.py). With WORLD_SIZE > 1 this process is one rank
+    (core/train/distributed.py); rank 0 holds the lock and writes transfer.json."""
+    with init_from_env(cfg.train.device) as world, ExitStack() as held:
+        # transfer.json is written before run() takes the same lock
+        world.on_main(lambda: bool(held.enter_context(FolderLock(out, what="a transfer"))))
+        return _finetune(source, cfg, out, mode, resume, make_parts, world)
 
 
 def _finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: TransferMode, resume: bool,
-              make_parts: Callable[[RunConfig, nn.Module], Parts] | None) -> dict:
+              make_parts: Callable[[RunConfig, nn.Module], Parts] | None, world: World) -> dict:
     source, folder = Path(source).resolve(), RunFolder(out)
-    folder.refuse_unless_resume(resume)
+    world.on_main(lambda: folder.refuse_unless_resume(resume))
     out = folder.path
     h, level = check_data(cfg)
     model, last = build_transfer_model(source, h.level(level).num_classes, mode)
@@ -116,14 +121,18 @@ def _finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: Transfe
                              f"({src_cfg.model.name} {src_cfg.model.kwargs})")
     record = {"source": str(source), "source_checkpoint": last.name, "mode": mode,
               "source_level": check_data(src_cfg)[1], "target_level": level}
-    old = folder.transfer_record()
-    if old is not None:
-        if {k: old.get(k) for k in ("source", "mode")} != {k: record[k] for k in ("source", "mode")}:
-            raise RunConfigError(f"{out} was started from {old.get('source')} ({old.get('mode')}); resume it "
-                                 "with the same --from and --mode, or use a new --out")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        provenance.write_atomic(folder.transfer_file, json.dumps(record, indent=1) + "\n")
+
+    def write_record() -> None:
+        old = folder.transfer_record()
+        if old is not None:
+            if {k: old.get(k) for k in ("source", "mode")} != {k: record[k] for k in ("source", "mode")}:
+                raise RunConfigError(f"{out} was started from {old.get('source')} ({old.get('mode')}); resume it "
+                                     "with the same --from and --mode, or use a new --out")
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            provenance.write_atomic(folder.transfer_file, json.dumps(record, indent=1) + "\n")
+
+    world.on_main(write_record)
     parts = build_parts(cfg, model=model) if make_parts is None else make_parts(cfg, model)
     # the folder now holds transfer.json, so run() is always told to resume: with no checkpoint yet it starts
     # from epoch 0 (from the source weights); with one it continues from it
