@@ -227,7 +227,8 @@ def plan_sweep(cfg: SweepConfig, sweep_dir: str | Path) -> Plan:
     # transfer.modes, its clustering job last
     # level -> classes: the dataset's levels finest first, then the derived levels pretrained on (in planning order)
     classes = {lv.name: lv.num_classes for lv in h.levels}
-    classes.update({j.pretrain_level: ctx.classes(j.pretrain_level) for j in sources if j.pretrain_level not in classes})
+    classes.update({j.pretrain_level: ctx.classes(j.pretrain_level) for j in sources
+                    if j.pretrain_level not in classes})
     rank = {lv: i for i, lv in enumerate(classes)}
     jobs.sort(key=lambda j: (j.stage, j.kind != SOURCE_KIND, rank[j.pretrain_level] if j.pretrain_level else 0,
                              j.arm, j.seed, modes.index(j.mode) if j.mode in modes else len(modes)))

@@ -11,9 +11,13 @@ report.md  - the same table (a cell with one seed: its value, no spread), the ru
 report-clustering.csv - that second table: one row per (pretraining level, evaluated level), seeds finished, mean
              and std over seeds of NMI, ARI and Hungarian accuracy of k-means (k = the evaluated level's classes)
              on the pretrained run's frozen val features (core/methods/clustering.py).
+report-hierarchies.csv - the transfer rows of every label hierarchy (the taxonomy and the control hierarchies of
+             launch/arms/hierarchies.py): one row per (hierarchy, mode, pretraining level), as report.png's curves;
+             also in report.md ("Target accuracy by pretraining hierarchy").
 report.png - two panels (all, hard) as in Hong et al.'s figures: accuracy vs pretraining classes (log x), one
-             line per transfer mode with seed error bars; scratch (no pretraining) as a horizontal line with
-             its band; chance as a dotted line.
+             curve per hierarchy and transfer mode with seed error bars, each point named by its level and class
+             count; scratch (no pretraining) as a horizontal line with its band; chance as a dotted line
+             (launch/report_plot.py).
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ from pathlib import Path
 from core.format.run_folder import RESULT_FILE
 from launch import arms
 from launch.plan import JobSpec, Plan, load_plan
+from launch.report_plot import hierarchy_of, plot
 
 FIELDS = ("kind", "arm", "mode", "pretrain_level", "pretrain_classes", "target_level", "target_classes", "seeds",
           "acc_all_mean", "acc_all_std", "acc_hard_mean", "acc_hard_std")
 PRETRAINED_FIELDS = ("pretrain_level", "arm", "pretrain_classes", "target_level", "seeds", "acc_all_mean",
                      "acc_all_std", "acc_hard_mean", "acc_hard_std")
+HIERARCHY_FIELDS = ("hierarchy", "arm", "mode", "pretrain_level", "pretrain_classes", "seeds", "acc_all_mean",
+                    "acc_all_std", "acc_hard_mean", "acc_hard_std")
 CLUSTER_METRICS = ("nmi", "ari", "acc")
 CLUSTER_FIELDS = ("pretrain_level", "arm", "pretrain_classes", "eval_level", "eval_classes", "seeds",
                   *(f"{m}_{s}" for m in CLUSTER_METRICS for s in ("mean", "std")))
@@ -56,7 +63,7 @@ def collect(plan: Plan) -> tuple[list[dict], list[str]]:
         hards = [r["hard"] for r in runs if r["hard"] is not None]
         rows.append({"kind": kind, "arm": arm, "mode": mode, "pretrain_level": level,
                      "pretrain_classes": plan.classes[level] if level else 0, "target_level": t,
-                     "target_classes": plan.classes[t], "seeds": len(runs),
+                     "target_classes": plan.target_classes, "seeds": len(runs),
                      "acc_all_mean": _mean(alls), "acc_all_std": _std(alls),
                      "acc_hard_mean": _mean(hards), "acc_hard_std": _std(hards)})
     # the rows without pretraining (scratch) first; then by mode, arm, most pretraining classes first
@@ -66,9 +73,12 @@ def collect(plan: Plan) -> tuple[list[dict], list[str]]:
 
 def collect_pretrained(plan: Plan) -> list[dict]:
     """The pretraining runs themselves at the target level, before any transfer: a finer level's network scored
-    with its probabilities summed into the target's classes (core/train/metrics.py). One row per (level, arm)."""
+    with its probabilities summed into the target's classes (core/train/metrics.py). One row per (level, arm);
+    none where the target is not a level of the pretraining dataset."""
     t = plan.target_level
     groups: dict[tuple[str, str], list[dict]] = {}
+    if not plan.shared:
+        return []
     for spec in _jobs(plan, "pretrained"):
         path = Path(spec.run_dir) / RESULT_FILE
         if not path.is_file():
@@ -143,11 +153,38 @@ def write_report(sweep_dir: str | Path) -> dict[str, Path]:
         out["pretrained_csv"] = sweep_dir / "report-pretrained.csv"
         _write_csv(out["pretrained_csv"], PRETRAINED_FIELDS, pre_rows)
         md += "\n" + _pretrained_markdown(plan, pre_rows)
+    h_rows = collect_hierarchies(rows)
+    if h_rows:
+        out["hierarchies_csv"] = sweep_dir / "report-hierarchies.csv"
+        _write_csv(out["hierarchies_csv"], HIERARCHY_FIELDS, h_rows)
+        md += "\n" + _hierarchies_markdown(plan, h_rows)
     if "clustering_csv" in out:
         md += "\n" + _clustering_markdown(cluster_rows, cluster_missing)
     out["md"].write_text(md)
-    _plot(plan, rows, out["png"])
+    plot(rows, plan.target_level, plan.target_classes, out["png"])
     return out
+
+
+def collect_hierarchies(rows: list[dict]) -> list[dict]:
+    """The transfer rows drawn as curves, with their hierarchy: taxonomy first, then by hierarchy, mode and most
+    pretraining classes first."""
+    out = [{"hierarchy": hierarchy_of(r), **r} for r in rows if hierarchy_of(r)]
+    out.sort(key=lambda r: (r["hierarchy"] != "taxonomy", r["hierarchy"], r["mode"], -r["pretrain_classes"]))
+    return out
+
+
+def _hierarchies_markdown(plan: Plan, rows: list[dict]) -> str:
+    lines = ["## Target accuracy by pretraining hierarchy", "",
+             f"The curves of report.png: top-1 on `{plan.target_level}` after transfer, in %, mean ± std over "
+             "seeds, per label hierarchy the networks were pretrained on (the dataset's taxonomy, and the control "
+             "hierarchies derived from it: k-means within the target classes, k-means on the whole set, random "
+             "groups of leaves, one class per sample).", "",
+             "| hierarchy | mode | pretraining level | classes | seeds | all | hard |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['hierarchy']} | {r['mode']} | {r['pretrain_level']} | {r['pretrain_classes']} | "
+                     f"{r['seeds']} | {_acc_cells(r)} |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def _write_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
@@ -174,8 +211,8 @@ def _acc_cells(r: dict) -> str:
 def _markdown(plan: Plan, rows: list[dict], missing: list[str]) -> str:
     t = plan.target_level
     lines = [f"# Sweep report: {plan.sweep_dir.name}", "",
-             f"Dataset `{plan.dataset}`; target level `{t}` ({plan.classes[t]} classes, chance "
-             f"{100 / plan.classes[t]:.1f}%). Top-1 accuracy on the target, in %, mean ± std over seeds.", "",
+             f"Dataset `{plan.dataset}`; target level `{t}` ({plan.target_classes} classes, chance "
+             f"{100 / plan.target_classes:.1f}%). Top-1 accuracy on the target, in %, mean ± std over seeds.", "",
              "| setting | mode | pretraining level | pretraining classes | seeds | all | hard |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -220,46 +257,3 @@ def _clustering_markdown(rows: list[dict], missing: list[str]) -> str:
         lines += [f"Missing ({len(missing)} clustering jobs without result.json): " + ", ".join(missing), ""]
     return "\n".join(lines)
 
-
-def _plot(plan: Plan, rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = plan.target_level
-    chance = 1.0 / plan.classes[t]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    style = {id(r): arms.origin(r["kind"], r["arm"]).plot for r in rows}  # how each row's arm is drawn
-    for ax, which, title in ((axes[0], "all", "all samples"), (axes[1], "hard", "hard samples")):
-        shown = [r for r in rows if r[f"acc_{which}_mean"] is not None]
-        for mode in sorted({r["mode"] for r in shown if style[id(r)] == "line"}):  # one line over levels per mode
-            pts = sorted((r for r in shown if style[id(r)] == "line" and r["mode"] == mode),
-                         key=lambda r: r["pretrain_classes"])
-            ax.errorbar([r["pretrain_classes"] for r in pts], [r[f"acc_{which}_mean"] for r in pts],
-                        yerr=[r[f"acc_{which}_std"] for r in pts], marker="o", capsize=3,
-                        label=f"pretrain -> {t} ({mode})")
-            tgt = [r for r in pts if r["pretrain_level"] == t]
-            if tgt:  # the baseline "pretrain directly on the target level"
-                ax.scatter([tgt[0]["pretrain_classes"]], [tgt[0][f"acc_{which}_mean"]], s=120,
-                           facecolors="none", edgecolors="k", zorder=3)
-        for r in shown:
-            m, s = r[f"acc_{which}_mean"], r[f"acc_{which}_std"] or 0.0
-            if style[id(r)] == "marker":  # one star each, at the class count of its pretraining level
-                ax.errorbar([r["pretrain_classes"]], [m], yerr=[s], marker="*", markersize=10, capsize=3,
-                            linestyle="none", label=f"{r['arm']} -> {t} ({r['mode']})")
-            elif style[id(r)] == "band":  # no pretraining level to put it at: a horizontal line and its spread
-                ax.axhline(m, color="grey", linestyle="--",
-                           label=arms.origin(r["kind"], r["arm"]).setting(r["pretrain_level"], t))
-                ax.axhspan(m - s, m + s, color="grey", alpha=0.15)
-        ax.axhline(chance, color="k", linestyle=":", linewidth=1, label="chance")
-        ax.set_xscale("log")
-        ax.set_xlabel("pretraining classes (log scale)")
-        ax.set_title(f"{t} top-1, {title}")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("target accuracy")
-    axes[0].legend(fontsize=8)
-    fig.text(0.99, 0.01, "circled: pretrained on the target level itself", ha="right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

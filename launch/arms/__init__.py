@@ -39,7 +39,7 @@ def runner(kind: str, mode: str = "", arm: str = "") -> Arm:
     """The arm whose job is of `kind` (transfer `mode`; stage-1 arms: JobSpec.arm `arm`): it runs the job and
     files its result."""
     for a in ARMS:
-        if a.kind == kind and (not a.modes or mode in a.modes) and (a.stage == 2 or a.tag == arm):
+        if a.kind == kind and (not a.modes or mode in a.modes) and (a.stage == 2 or a.owns(arm)):
             return a
     raise ValueError(f"no sweep arm runs jobs of kind {kind!r}" + (f", mode {mode!r}" if mode else "")
                      + (f", arm {arm!r}" if arm else ""))

@@ -36,6 +36,16 @@ class Arm:
     plot: ClassVar[str] = "line"  # report.png: 'line' (one line over levels per mode), 'marker' (a star per
     # result), 'band' (a horizontal line with its spread: no pretraining level to put it at)
 
+    def owns(self, tag: str) -> bool:
+        """Stage 1: whether jobs carrying JobSpec.arm `tag` are its own (launch.arms.runner); an arm whose jobs
+        carry several tags (one per hierarchy kind: launch/arms/hierarchies.py) answers for all of them."""
+        return tag == self.tag
+
+    def hierarchy(self, tag: str) -> str:
+        """Stage 1: the name of the label hierarchy its runs' levels (JobSpec.arm `tag`) come from: one curve of
+        report.png per hierarchy and transfer mode (for 'line' arms)."""
+        return "taxonomy"
+
     def enabled(self, cfg: SweepConfig) -> bool:
         return not self.switch or getattr(cfg, self.switch).enabled
 
