@@ -5,6 +5,7 @@ key; and `grainsweep sweep --dry-run` (stages, dependencies, image totals, no sw
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -14,7 +15,7 @@ import pytest
 
 from core.format import config as cfglib, hierarchy as hlib, run_folder
 from data_tools import convert_synthetic
-from launch import plan as planlib, sweep, sweep_config
+from launch import plan as planlib, report, sweep, sweep_config
 from launch.cli import main as cli
 from tests.test_sweep_local import tiny_sweep
 
@@ -70,6 +71,16 @@ def test_separate_target_runs_end_to_end(finished):
             assert sel["source_level"] == j.pretrain_level and sel["target_level"] == "family"
     saved = planlib.load_plan(plan.sweep_dir)  # plan.json keeps the target
     assert (saved.target_dataset, saved.target_classes, saved.shared) == (plan.target_dataset, 3, False)
+
+
+def test_report_reads_the_target(finished):
+    plan = finished[0]
+    files = report.write_report(plan.sweep_dir)
+    with open(files["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["kind"], r["mode"]) for r in rows} == {("scratch", ""), ("transfer", "linear"), ("transfer", "select")}
+    assert {(r["target_level"], r["target_classes"]) for r in rows} == {("family", "3")}
+    assert report.collect_pretrained(plan) == []  # other classes: no pretraining run is read at the target
 
 
 def test_rerun_skips_everything(finished):
