@@ -11,9 +11,9 @@ report.md  - the same table (a cell with one seed: its value, no spread), the ru
 report-clustering.csv - that second table: one row per (pretraining level, evaluated level), seeds finished, mean
              and std over seeds of NMI, ARI and Hungarian accuracy of k-means (k = the evaluated level's classes)
              on the pretrained run's frozen val features (core/methods/clustering.py).
-report-hierarchies.csv - the transfer rows of every label hierarchy (the taxonomy and the control hierarchies of
-             launch/arms/hierarchies.py): one row per (hierarchy, mode, pretraining level), as report.png's curves;
-             also in report.md ("Target accuracy by pretraining hierarchy").
+report-hierarchies.csv - where the sweep has control hierarchies (launch/arms/hierarchies.py): the transfer rows
+             of every label hierarchy (the taxonomy and the controls), one row per (hierarchy, mode, pretraining
+             level), as report.png's curves; also in report.md ("Target accuracy by pretraining hierarchy").
 report.png - two panels (all, hard) as in Hong et al.'s figures: accuracy vs pretraining classes (log x), one
              curve per hierarchy and transfer mode with seed error bars, each point named by its level and class
              count; scratch (no pretraining) as a horizontal line with its band; chance as a dotted line
@@ -154,7 +154,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Path]:
         _write_csv(out["pretrained_csv"], PRETRAINED_FIELDS, pre_rows)
         md += "\n" + _pretrained_markdown(plan, pre_rows)
     h_rows = collect_hierarchies(rows)
-    if h_rows:
+    if any(r["hierarchy"] != "taxonomy" for r in h_rows):  # with the taxonomy alone it is the table above
         out["hierarchies_csv"] = sweep_dir / "report-hierarchies.csv"
         _write_csv(out["hierarchies_csv"], HIERARCHY_FIELDS, h_rows)
         md += "\n" + _hierarchies_markdown(plan, h_rows)

@@ -120,7 +120,9 @@ def aligned_within(cfg: SweepConfig, h: hlib.Hierarchy, data: Path) -> str:
     within = cfg.hierarchies.kmeans_aligned.within or cfg.target_level or h.names[-1]
     if cfg.hierarchies.kmeans_aligned.k and within not in h.names:
         key = "hierarchies.kmeans_aligned.within" if cfg.hierarchies.kmeans_aligned.within else "target_level"
-        raise cfglib.ConfigError(f"{key}={within!r} is not a level of {data}; its levels are {h.names}")
+        raise cfglib.ConfigError(f"{key}={within!r} is not a level of {data}; its levels are {h.names}"
+                                 + ("" if cfg.hierarchies.kmeans_aligned.within else
+                                    " (set hierarchies.kmeans_aligned.within: the level k-means runs within)"))
     return within
 
 
