@@ -96,9 +96,17 @@ def sum_over_ranks(*values: torch.Tensor) -> list[torch.Tensor]:
     """Each value summed over every rank (float64); the values themselves with one process."""
     if not current().distributed:
         return list(values)
-    flat = torch.stack([v.detach().to(torch.float64).reshape(()) for v in values])
+    device = collective_device()
+    flat = torch.stack([v.detach().to(device, torch.float64).reshape(()) for v in values])
     dist.all_reduce(flat)
     return list(flat.unbind())
+
+
+def collective_device() -> torch.device:
+    """Where this process's collectives take their tensors: its CUDA device under nccl, the CPU under gloo."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _env_int(name: str, default: int | None = None) -> int:
@@ -174,8 +182,7 @@ def init_from_env(device: str = "auto") -> Iterator[World]:
             raise
         peer = _failed_peer(world, store)
         if peer:
-            raise RankFailure(f"rank {world.rank} of {world.size} stopped: {peer} ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
+            raise RankFailure(f"rank {world.rank} of {world.size} stopped: {peer}") from e  # the backend's own error stays as the cause
         try:  # so the others can name this rank
             store.set(f"{_KEY}failed/{world.rank}", f"{type(e).__name__}: {e}".splitlines()[0])
         except Exception:  # noqa: BLE001 - the store's host (rank 0) may be gone too

@@ -9,9 +9,11 @@ flagged hard (the hierarchical multi-view theory's samples with weak common feat
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from core.format.hierarchy import Hierarchy
+from core.train.distributed import collective_device
 
 
 def coarse_probs(probs: torch.Tensor, parent: torch.Tensor, num_coarse: int) -> torch.Tensor:
@@ -24,13 +26,6 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
     """(B,) bool: label among the k highest scores; k is clipped to the number of classes."""
     k = min(k, scores.shape[1])
     return (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
-
-
-def _collective_device() -> torch.device:
-    import torch.distributed as dist
-
-    # nccl reduces tensors on this process's CUDA device (set by core.train.distributed), gloo on the CPU
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 class LevelAccuracy:
@@ -104,13 +99,11 @@ class LevelAccuracy:
 
         A rank that saw no batch (its share of a small set is empty), or no hard sample, lacks some keys: the keys
         are agreed first, missing ones counted as 0, so every rank sums the same tensors in the same order."""
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         keys: list = [None] * dist.get_world_size()
         dist.all_gather_object(keys, sorted(self._sums))
-        device = next(iter(self._sums.values())).device if self._sums else _collective_device()
+        device = collective_device()
         names = sorted(set().union(*keys))
         flat = torch.stack([self._sums[k].to(device) if k in self._sums else
                             torch.zeros((), dtype=torch.float64, device=device) for k in names])
