@@ -11,8 +11,8 @@ exports RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from submitit'
 (submitit.helpers.TorchDistributedEnvironment) and core creates the process group from them. Only rank 0 writes
 the start log. A preemption or timeout signal reaches every task, but submitit's handler checkpoints and
 requeues from global rank 0 only (the others log "Not checkpointing nor requeuing since I am a slave"), so the
-job is requeued once and all its tasks start again. Arms whose jobs are not distributed (`one_process`) run on
-rank 0 alone; the other tasks return at once.
+job is requeued once and all its tasks start again. Only rank 0's error goes to logs/<run>.error. Arms whose jobs
+are not distributed (`one_process`) run on rank 0 alone; the other tasks return at once.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import time
+import traceback
 from pathlib import Path
 
 import submitit
@@ -43,7 +44,8 @@ class RunJob(submitit.helpers.Checkpointable):
         if tasks > 1 and getattr(arm, "one_process", False):
             if rank != 0:
                 return {}
-        elif tasks > 1:
+            tasks = 1  # rank 0 runs it as a job of one process
+        if tasks > 1:
             # overwrite: inside a SLURM task its environment is the truth (an sbatch may inherit a shell's RANK);
             # CUDA_VISIBLE_DEVICES is left to SLURM and core (device LOCAL_RANK of the node's GPUs)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
@@ -54,9 +56,19 @@ class RunJob(submitit.helpers.Checkpointable):
             _log_start(spec, folder, started)
         if spec.source and not RunFolder(spec.source).is_done():
             raise RuntimeError(f"{spec.name}: its pretraining run {spec.source} has not finished")
-        # several tasks: rank 0 may already be writing the folder when another rank looks, so every rank is
-        # told to resume; resuming a folder with no checkpoint yet is a fresh start (core/train/run.py)
-        return arm.run(spec, run_dir, True if tasks > 1 else started)
+        if tasks == 1:
+            return arm.run(spec, run_dir, started)
+        try:
+            # rank 0 may already be writing the folder when another rank looks, so every rank is told to resume;
+            # resuming a folder with no checkpoint yet is a fresh start (core/train/run.py)
+            return arm.run(spec, run_dir, True)
+        except Exception:
+            if rank == 0:
+                raise
+            # logs/<run>.error is rank 0's (its error names a failed peer, core.train.distributed.RankFailure):
+            # after a requeue by rank 0 the others only report its exit, which must not read as the job's error
+            traceback.print_exc()  # into this task's own SLURM log
+            raise SystemExit(1) from None
 
     def checkpoint(self, spec: JobSpec, resume: bool = False) -> submitit.helpers.DelayedSubmission:
         # nothing to save here: train_run checkpoints every `train.checkpoint_every` epochs
