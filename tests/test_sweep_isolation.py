@@ -109,6 +109,33 @@ def test_failed_pretraining_run_holds_back_only_its_dependants_on_slurm(slurm_cl
         assert read_starts(load_spec(out, name))[0]["time"] >= window(bad)[1] - 1.0
 
 
+def test_failed_local_run_blocks_its_dependants_and_a_rerun_retries_only_them(data, tmp_path):
+    # the in-process executor (slots: 1): the same status and rerun as on SLURM, without a cluster
+    cfg = tiny_sweep(data, "seeds=[0]", "pretrain_levels=[subclass, superclass]", "scratch.enabled=false",
+                     "run.train={epochs: 1, eval_every: 1}")
+    out = tmp_path / "sw"
+    plan = plan_sweep(cfg, out)
+    bad = next(j for j in plan.stage(1) if j.pretrain_level == "subclass")
+    bad_deps = sorted(j.name for j in plan.stage(2) if j.source_name == bad.name)
+    planted = plant_foreign_lock(bad.run_dir)
+    sweep.run_sweep(cfg, out, executor="local")
+    rows = {r["name"]: r for r in status.job_states(out)}
+    assert rows[bad.name]["state"] == "failed" and "LockedError" in rows[bad.name]["note"]
+    assert {n: (r["state"], r["note"]) for n, r in rows.items() if r["state"] != "done"} == {
+        bad.name: ("failed", rows[bad.name]["note"]), **{n: ("blocked", f"blocked by {bad.name} (failed)")
+                                                        for n in bad_deps}}
+    assert len(bad_deps) == 2 and len(rows) == 6  # the other run, its transfer and clustering job are done
+    assert all(not read_starts(load_spec(out, n)) for n in bad_deps)
+
+    planted.unlink()
+    before = {n: len(read_starts(load_spec(out, n))) for n in rows}
+    _, recs = sweep.run_sweep(cfg, out, executor="local")
+    assert list(recs[0]["jobs"]) == [bad.name, *[j.name for j in plan.stage(2) if j.source_name == bad.name]]
+    assert [r["state"] for r in status.job_states(out)] == ["done"] * 6
+    assert {n: len(read_starts(load_spec(out, n))) - k for n, k in before.items()} == {
+        n: int(n in (bad.name, *bad_deps)) for n in rows}
+
+
 def load_spec(sweep_dir: Path, name: str):
     return next(j for j in load_plan(sweep_dir).jobs if j.name == name)
 

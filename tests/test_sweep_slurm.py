@@ -1,7 +1,7 @@
 """A whole sweep through the real one-node SLURM cluster (tests/slurm_cluster.py): stage 1 as one job array,
-stage 2 as a second array held by afterok on the first, status from squeue + submitit files, the report, and a
-rerun that submits nothing; a preempted or timed-out sweep job requeued by submitit that resumes from its last
-checkpoint. Real training (tiny preset, bmlp), no mocks.
+stage 2 as one array per pretraining run held by afterok on its task, status from squeue + submitit files, the
+report, and a rerun that submits nothing; a preempted or timed-out sweep job requeued by submitit that resumes
+from its last checkpoint. Real training (tiny preset, bmlp), no mocks.
 
 Signals go to a task only once it runs: `scancel --signal` on a PENDING array task fails (exit 229), which is
 why the tests wait for the run's first checkpoint before interrupting it."""
@@ -40,16 +40,19 @@ def test_sweep_on_slurm_arrays_afterok_rerun(slurm_cluster, tmp_path):  # noqa: 
         return q + status.format_table(status.job_states(out)) + "\n" + "\n".join(logs)
 
     try:
-        # two arrays: stage 1 (3 pretrain + 1 scratch), stage 2 (3 transfers + 3 clusterings) held by afterok
-        assert [r["stage"] for r in records] == [1, 2]
-        s1, s2 = records
-        assert len(s1["jobs"]) == 4 and len(s2["jobs"]) == 6
+        # stage 1 as one array (3 pretrain + 1 scratch); stage 2 as one array per pretraining run (its transfer
+        # and clustering job) held by afterok on that run's own task
+        assert [r["stage"] for r in records] == [1, 2, 2, 2]
+        s1, s2 = records[0], records[1]
+        assert len(s1["jobs"]) == 4 and all(len(r["jobs"]) == 2 for r in records[1:])
         assert sorted(j.kind for j in plan.stage(2)) == ["cluster"] * 3 + ["transfer"] * 3
         assert all(jid.startswith(s1["array_id"] + "_") for jid in s1["jobs"].values())
-        assert all(jid.startswith(s2["array_id"] + "_") for jid in s2["jobs"].values())
-        assert s2["dependency"] == f"afterok:{s1['array_id']}"
+        by_name = {j.name: j for j in plan.jobs}
+        for rec in records[1:]:
+            assert all(jid.startswith(rec["array_id"] + "_") for jid in rec["jobs"].values())
+            assert {rec["dependency"]} == {f"afterok:{s1['jobs'][by_name[n].source_name]}" for n in rec["jobs"]}
         first_transfer = next(iter(s2["jobs"].values()))
-        assert job_field(first_transfer, "Dependency").startswith(f"afterok:{s1['array_id']}"), debug()
+        assert job_field(first_transfer, "Dependency").startswith(s2["dependency"]), debug()
         # held by its dependency (the scheduler sets the reason within a couple of seconds of submission)
         wait_for(lambda: slurm_cluster.job_state(first_transfer) == ("PENDING", "Dependency"), 20,
                   "stage 2 PENDING (Dependency)", debug)
@@ -60,11 +63,11 @@ def test_sweep_on_slurm_arrays_afterok_rerun(slurm_cluster, tmp_path):  # noqa: 
     finally:
         subprocess.run(["scancel", *all_ids], capture_output=True)
 
-    # afterok: no transfer started before the last stage-1 run had finished
-    stage1_end = max(Path(j.run_dir, run_folder.RESULT_FILE).stat().st_mtime for j in plan.stage(1))
-    transfer_starts = [read_starts(j)[0]["time"] for j in plan.stage(2)]  # transfers and clusterings
-    assert min(transfer_starts) >= stage1_end - 1.0
-    assert all(read_starts(j)[0]["array_job_id"] == s2["array_id"] for j in plan.stage(2))
+    # afterok: no transfer or clustering job started before its own pretraining run had finished
+    for job in plan.stage(2):
+        source_end = Path(job.source, run_folder.RESULT_FILE).stat().st_mtime
+        assert read_starts(job)[0]["time"] >= source_end - 1.0
+        assert read_starts(job)[0]["array_job_id"] == next(r["array_id"] for r in records if job.name in r["jobs"])
 
     # the report has one row per setting
     files = report.write_report(out)

@@ -1,5 +1,6 @@
 """What an executor is: `check` its parameters, be `ready` (a cluster that answers), `submit` a plan's unfinished
-jobs, read the `states` of jobs it submitted. Shared by all executors: run folders derived from the sweep folder, and the per-run error log.
+jobs, read the `states` of jobs it submitted. Shared by all executors: run folders derived from the sweep folder,
+and the per-run error log.
 
 Run folders are always <sweep>/runs/<name> under the folder this call was given (never a path stored earlier),
 so a copied or moved sweep folder reads and runs its own runs, not the old location's.
@@ -59,6 +60,16 @@ def not_running_note(sweep_dir: Path, name: str) -> str:
     if newest is not None:
         return f"interrupted; resumes from {newest.name}"
     return "interrupted; starts over" if folder.holds_run() else ""
+
+
+def skip_without_source(sweep_dir: Path, spec: JobSpec, rec: dict) -> bool:
+    """A local transfer or clustering job whose source run did not succeed is not run: recorded failed, with an
+    error log saying why (status then shows it blocked by that run). True when skipped."""
+    if not spec.source or RunFolder(spec.source).is_done():
+        return False
+    rec["states"][spec.name] = FAILED
+    write_error(sweep_dir, spec.name, f"not run: its pretraining run {spec.source_name} did not succeed\n")
+    return True
 
 
 # the per-run error log: <sweep>/logs/<run>.error, the traceback of its last failure

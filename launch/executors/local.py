@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 from core.format import lock
-from core.format.run_folder import is_done
 from launch.executors import base, records, slots
 from launch.executors.job import SweepJob
 from launch.plan import JobSpec, Plan
@@ -39,11 +38,7 @@ class LocalExecutor(base.Executor):
         records.append_record(self.sweep_dir, rec)
         for i, spec in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {spec.name}", flush=True)
-            if spec.source and not is_done(spec.source):  # a transfer or clustering job needs its source run
-                rec["states"][spec.name] = base.FAILED
-                base.write_error(self.sweep_dir, spec.name, f"not run: its pretraining run "
-                                                            f"{Path(spec.source).name} did not succeed\n")
-            else:
+            if not base.skip_without_source(self.sweep_dir, spec, rec):  # it needs its source run done
                 t0 = time.time()
                 try:
                     SweepJob()(spec)

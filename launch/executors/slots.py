@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from core.format.run_folder import is_done
 from launch.executors import base, records
 from launch.plan import LOGS_DIR, JobSpec
 
@@ -71,10 +70,7 @@ def run(sweep_dir: Path, todo: list[JobSpec], slots: int, rec: dict) -> None:
                     continue  # its source runs in this sweep and has not finished
                 waiting.remove(spec)
                 changed = True
-                if spec.source and not is_done(spec.source):
-                    rec["states"][spec.name] = base.FAILED
-                    base.write_error(sweep_dir, spec.name, f"not run: its pretraining run {spec.source_name} did "
-                                                           "not succeed\n")
+                if base.skip_without_source(sweep_dir, spec, rec):
                     print(f"[{n - len(waiting)}/{n}] {spec.name}: not run ({spec.source_name} failed)", flush=True)
                     continue
                 busy = {c.gpu for c in children.values()}
