@@ -3,9 +3,10 @@ will process, without submitting or writing anything into the sweep folder.
 
 Images a job processes = its training epochs x the images of its dataset's training split (manifest.json), plus,
 for transfer mode 'select', the selected pretraining images drawn alongside (one batch of `transfer.select
-.batch_size`, default data.batch_size, per target step); a clustering job embeds its dataset's val split once.
-Evaluation passes over val are not counted. A job whose run folder already holds result.json is marked done (a
-real sweep skips it) and left out of the totals.
+.batch_size`, default data.batch_size, per target step); a clustering job embeds its dataset's val split once, a
+'probe' transfer its train and val splits once. Evaluation passes over val (and select's one feature pass over
+both training sets) are not counted. A job whose run folder already holds result.json is marked done (a real
+sweep skips it) and left out of the totals.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ def job_images(spec: JobSpec) -> tuple[int, str]:
     n = split_images(cfg.data.path, "train")
     if n is None:
         return 0, "train size unknown (no manifest.json)"
+    if spec.mode == "probe":  # frozen features of train and val once, then a logistic regression: no epochs
+        val = split_images(cfg.data.path, "val") or 0
+        return n + val, f"train {n:,} + val {val:,} x 1"
     epochs = cfg.train.epochs
     if spec.mode == "select" and spec.options is not None:
         steps = n // cfg.data.batch_size  # the target loader drops the last partial batch
