@@ -29,11 +29,12 @@ def job_images(spec: JobSpec) -> tuple[int, str]:
         val = split_images(cfg.data.path, "val") or 0
         return n + val, f"train {n:,} + val {val:,} x 1"
     epochs = cfg.train.epochs
+    unit = "epoch" if epochs == 1 else "epochs"
     if spec.mode == "select" and spec.options is not None:
         steps = n // cfg.data.batch_size  # the target loader drops the last partial batch
         extra = steps * (spec.options.batch_size or cfg.data.batch_size)
-        return epochs * (n + extra), f"{epochs} epochs x ({n:,} + {extra:,} selected)"
-    return epochs * n, f"{epochs} epochs x {n:,}"
+        return epochs * (n + extra), f"{epochs} {unit} x ({n:,} + {extra:,} selected)"
+    return epochs * n, f"{epochs} {unit} x {n:,}"
 
 
 def describe(plan: Plan, executor: str) -> str:
