@@ -129,10 +129,13 @@ def fit(x: np.ndarray, y: np.ndarray, c: float, pc: ProbeConfig):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     # multinomial is scikit-learn's only multi-class mode for lbfgs (1.9); float64 so lbfgs can reach tol
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, solver="lbfgs", max_iter=pc.max_iter, tol=pc.tol))
-    with warnings.catch_warnings():
+    # one BLAS thread: the problem is small (N x D x classes), and on shared cores OpenBLAS's threads wait on each
+    # other at every call (measured on the 2-core machine at load 8: one fit 119 s with its 2 threads, 6 s with 1)
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)  # recorded as result.json's probe.converged instead
         clf.fit(x.astype(np.float64), y)
     return clf
