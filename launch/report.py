@@ -216,7 +216,8 @@ def _markdown(plan: Plan, rows: list[dict], missing: list[str]) -> str:
              "| setting | mode | pretraining level | pretraining classes | seeds | all | hard |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        setting = arms.origin(r["kind"], r["arm"]).setting(r["pretrain_level"], t)
+        # a separate target's level may share a name with a pretraining level without being it
+        setting = arms.origin(r["kind"], r["arm"]).setting(r["pretrain_level"], t if plan.shared else "")
         lines.append(f"| {setting} | {r['mode'] or '-'} | {r['pretrain_level'] or '-'} | "
                      f"{r['pretrain_classes'] or '-'} | {r['seeds']} | {_acc_cells(r)} |")
     lines.append("")

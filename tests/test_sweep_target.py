@@ -81,6 +81,8 @@ def test_report_reads_the_target(finished):
     assert {(r["kind"], r["mode"]) for r in rows} == {("scratch", ""), ("transfer", "linear"), ("transfer", "select")}
     assert {(r["target_level"], r["target_classes"]) for r in rows} == {("family", "3")}
     assert report.collect_pretrained(plan) == []  # other classes: no pretraining run is read at the target
+    md = files["md"].read_text()  # nor is a transfer labelled as coming from pretraining on the target
+    assert "| pretrain | linear |" in md and "pretrain on target" not in md and "pretrain finer" not in md, md
 
 
 def test_rerun_skips_everything(finished):

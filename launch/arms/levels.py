@@ -30,4 +30,7 @@ class Levels(Arm):
                 for seed in ctx.cfg.seeds for lv in levels]
 
     def setting(self, pretrain_level: str, target: str) -> str:
+        """`target` is '' where the target level is not one of the pretraining dataset's (a separate target)."""
+        if not target:
+            return "pretrain"
         return "pretrain on target" if pretrain_level == target else "pretrain finer"
