@@ -153,15 +153,5 @@ def _remove_stale_partials(out_dir: Path) -> None:
     for kind in ("partial", "old"):
         for p in out_dir.parent.glob(f".{out_dir.name}.{kind}-*"):
             pid = p.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not lock.pid_alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -46,12 +46,24 @@ def _alive(rec: dict) -> bool:
     if rec.get("host") != socket.gethostname():
         return True  # cannot tell from here: treat as held
     try:
-        os.kill(int(rec["pid"]), 0)
+        return pid_alive(int(rec["pid"]))
+    except (KeyError, ValueError, TypeError):
+        return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (a process of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, KeyError, ValueError, TypeError):
+    except PermissionError:
         return True
-    return True
+    try:  # a killed child not yet reaped by its parent still answers kill(0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class FolderLock:

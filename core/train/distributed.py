@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from core.format.config import ConfigError
+from core.format.lock import pid_alive
 
 TIMEOUT_ENV = "GRAINSWEEP_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 300.0  # a collective waits this long for a rank that neither answers nor closes its sockets
@@ -206,7 +207,7 @@ def _failed_peer(world: World, store: Any) -> str:
             if not store.check([f"{_KEY}pid/{r}"]):
                 continue
             where, pid = store.get(f"{_KEY}pid/{r}").decode().rsplit(" ", 1)
-            if where == host and not _alive(int(pid)):
+            if where == host and not pid_alive(int(pid)):
                 return f"rank {r} (pid {pid} on {host}) died"
     except Exception:  # noqa: BLE001 - the store lives in rank 0's process: unreachable means rank 0 is gone
         if world.rank != 0:
@@ -214,16 +215,3 @@ def _failed_peer(world: World, store: Any) -> str:
                     f"{os.environ.get('MASTER_PORT')}) is unreachable: it died or stopped")
     return ""
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child not yet reaped by its parent still answers kill(0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
