@@ -17,6 +17,16 @@ class TrainCase:
 
 
 @dataclass(frozen=True)
+class DistributedCase:
+    """`grainsweep train --nproc N` at each world size (benchmarks/distributed.py)."""
+
+    train: TrainCase  # model, crop side, global batch (split over the processes)
+    world_sizes: tuple[int, ...]  # processes per run; on CUDA one GPU each (sizes above the GPU count: skipped)
+    epochs: int  # measured epochs per run, after one warm-up epoch
+    runs: int  # runs per world size, alternating world sizes
+
+
+@dataclass(frozen=True)
 class Profile:
     preset: str  # synthetic tree ('large' = 144 leaves)
     image_size: int  # stored image side, px (JPEG q90)
@@ -32,6 +42,7 @@ class Profile:
     sweep_all_levels: bool  # pretrain at every level of the tiny preset (else at the target level only)
     sweep_reruns: int  # reruns of the finished sweep, in process and as a fresh command, each
     compile_runs: int  # fresh processes timing a compiled first step with a cold, then a warm inductor cache
+    distributed: DistributedCase
 
 
 PROFILES: dict[str, Profile] = {
@@ -40,7 +51,8 @@ PROFILES: dict[str, Profile] = {
                      loader_epochs=2, decode_passes=2, conversion_runs=1, train_epochs=1,
                      train=(TrainCase("bmlp", 32, 8, {"depth": 1, "width": 32}),
                             TrainCase("bmlp", 32, 8, {"depth": 1, "width": 32}, resident=True)),
-                     sweep_seeds=1, sweep_all_levels=False, sweep_reruns=1, compile_runs=1),
+                     sweep_seeds=1, sweep_all_levels=False, sweep_reruns=1, compile_runs=1,
+                     distributed=DistributedCase(TrainCase("bmlp", 32, 8, {"depth": 1, "width": 32}), (1, 2), 1, 1)),
     # 2 CPU cores: 1,152 images at 256 px (an epoch takes ~0.5 s at 224 px: 9 measured epochs a figure, since
     # 3 gave figures that moved by a third between runs); ResNet-50 on 144 images (9 steps of 16) since a CPU
     # step takes seconds
@@ -48,14 +60,20 @@ PROFILES: dict[str, Profile] = {
                    loader_epochs=10, decode_passes=6, conversion_runs=3, train_epochs=2,
                    train=(TrainCase("bmlp", 64, 64), TrainCase("bmlp", 64, 64, resident=True),
                           TrainCase("resnet50", 160, 16, train_per_leaf=1)),
-                   sweep_seeds=2, sweep_all_levels=True, sweep_reruns=3, compile_runs=2),
+                   sweep_seeds=2, sweep_all_levels=True, sweep_reruns=3, compile_runs=2,
+                   # 18 steps of 64 an epoch, a small MLP (the suite's default bmlp took ~90 s an epoch on 2
+                   # shared cores); each run pays its processes' start (~10 s of imports each)
+                   distributed=DistributedCase(TrainCase("bmlp", 64, 64, {"depth": 2, "width": 256}), (1, 2), 2, 2)),
     # one H100 + 16 cores: 9,216 images at 256 px, bf16 + torch.compile as `grainsweep train` on CUDA
     "cuda": Profile(preset="large", image_size=256, train_per_leaf=64, resolutions=(64, 160, 224), batch_size=256,
                     loader_epochs=5, decode_passes=5, conversion_runs=3, train_epochs=3,
                     train=(TrainCase("bmlp", 64, 256), TrainCase("bmlp", 64, 256, resident=True),
                            TrainCase("resnet50", 160, 256),
                            TrainCase("resnet50", 192, 256)),
-                    sweep_seeds=2, sweep_all_levels=True, sweep_reruns=3, compile_runs=2),
+                    sweep_seeds=2, sweep_all_levels=True, sweep_reruns=3, compile_runs=2,
+                    # ResNet-50 at 160 px, global batch 1024 (128 a GPU at 8); on a node of 8 GPUs (RESULTS.md)
+                    distributed=DistributedCase(TrainCase("resnet50", 160, 1024), (1, 2, 4, 8), 3, 1)),
 }
 CPU_GOMP_SPINCOUNT = 100  # libgomp spin count of the cpu profile: libgomp's own when threads outnumber the cores
-BENCHMARKS = ("loader_vs_torchvision", "storage", "decode_limit", "train_step", "conversion", "sweep_rerun")
+BENCHMARKS = ("loader_vs_torchvision", "storage", "decode_limit", "train_step", "conversion", "sweep_rerun",
+              "distributed")

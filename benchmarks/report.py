@@ -16,6 +16,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "train_step": tables.train_step_table,
     "conversion": tables.conversion_table,
     "sweep_rerun": tables.sweep_rerun_table,
+    "distributed": tables.distributed_table,
 }
 
 

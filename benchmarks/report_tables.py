@@ -242,3 +242,36 @@ def sweep_rerun_table(results: dict[str, Any]) -> list[str]:
                 "Planning itself imports no torch; the prepare step before it still imports torch and timm to check "
                 "the model (launch/plan_checks.check_model).", ""]
     return out
+
+
+def distributed_table(results: dict[str, Any]) -> list[str]:
+    """Training images/s at each world size (`grainsweep train --nproc N`), and the command for a GPU node."""
+    r = results["distributed"]
+    st = r["settings"]
+    out = ["## Training on several processes (`--nproc N`)", "",
+           f"`grainsweep train --nproc N` on `{st['device']}`: {st['model']} at {st['res']} px, global batch "
+           f"{st['batch_size']} (split over the processes), {st['workers']} decode threads in all (split too); "
+           f"images/s of every rank over rank 0's epoch time (metrics.jsonl), {st['epochs']} measured epoch(s) "
+           f"after one warm-up epoch, {st['runs']} run(s) per world size, alternating. Command time includes "
+           "imports and the process-group start.", "",
+           "| processes | batch / process | images/s | vs 1 process | command time | command |",
+           "|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        out.append(f"| {row['world_size']} | {row['batch_per_process']} | {_rate(row['stats'])} | "
+                   f"{row['speedup']:.2f}x | {_seconds(row['command_seconds'])} | `{row['command']}` |")
+    out += [f"| {n} | | skipped: {why} | | | |" for n, why in r.get("skipped", {}).items()]
+    out += ["", f"Load average before / after: {_load(r)}.", ""]
+    if not st["device"].startswith("cuda"):
+        out += ["On the CPU this measures the launch and the gradient all-reduce (gloo) more than a speed-up: "
+                "the processes share the same cores the one process already used (each gets OMP_NUM_THREADS = "
+                "cores / N), so more processes cannot make training faster here. The figure that matters is "
+                "on GPUs, one per process; no GPU node was available for this file.", ""]
+    out += ["On a node of 8 GPUs (not measured here: no such node was available), the same benchmark (the `cuda` "
+            "profile: ResNet-50 at 160 px, global batch 1024, world sizes 1, 2, 4, 8; sizes above the node's GPU "
+            "count are skipped) and one pretraining level on the full node (data.workers is per process):", "",
+            "```bash",
+            "python -m benchmarks.run --device cuda --only distributed",
+            "grainsweep train --nproc 8 --data DATA --level LEVEL --model resnet50 --out runs/LEVEL "
+            "--set data.batch_size=1024 --set data.workers=$(( $(nproc) / 8 )) --set train.device=cuda",
+            "```", ""]
+    return out

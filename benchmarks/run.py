@@ -35,8 +35,8 @@ def default_workers() -> int:
 
 def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, only: tuple[str, ...],
               log=print) -> dict[str, Any]:
-    from benchmarks import (conversion, decode_limit, device_decode, loader, storage, suite_data, sweep_rerun,
-                            torchvision_loader, train_step)
+    from benchmarks import (conversion, decode_limit, device_decode, distributed, loader, storage, suite_data,
+                            sweep_rerun, torchvision_loader, train_step)
     from benchmarks.measure import load_average, machine, versions
 
     results: dict[str, Any] = {"machine": machine(), "versions": versions(), "device": device,
@@ -112,6 +112,13 @@ def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, o
             seeds=profile.sweep_seeds, all_levels=profile.sweep_all_levels, workers=min(workers, 2),
             device=device)
 
+    if "distributed" in only:
+        d = profile.distributed
+        results["distributed"] = distributed.measure_distributed(
+            data.beton_dir, model=d.train.model, res=d.train.res, batch_size=d.train.batch_size, workers=workers,
+            epochs=d.epochs, world_sizes=d.world_sizes, runs=d.runs, device=device,
+            model_kwargs=d.train.model_kwargs or None, log=log)
+
     results["load_average_end"] = load_average()
     results["suite_seconds"] = time.perf_counter() - t_start
     return results
@@ -119,7 +126,9 @@ def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, o
 
 def merge(results: dict[str, Any], earlier: dict[str, Any], only: tuple[str, ...]) -> None:
     """Adds to `results` the benchmarks of an earlier run of the same device and profile that this run skipped."""
-    same_profile = earlier.get("profile") == json.loads(json.dumps(results["profile"]))  # tuples became lists
+    # the settings both runs have must agree (a benchmark added since brings settings the earlier run lacks)
+    now, then = json.loads(json.dumps(results["profile"])), earlier.get("profile", {})  # tuples became lists
+    same_profile = bool(then) and all(then[k] == v for k, v in now.items() if k in then) and set(then) <= set(now)
     if earlier.get("device") != results["device"] or not same_profile:
         print("--merge: the earlier results are from another device or profile; not merged", file=sys.stderr)
         return

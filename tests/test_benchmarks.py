@@ -93,12 +93,18 @@ def test_quick_suite_writes_results_of_every_benchmark(tmp_path):
         run = rerun[key]["runs"][0]
         assert run["compiled"] and run["steps"] >= 1
         assert 0 < run["first_step_seconds"] < run["to_first_step_seconds"] < run["process_seconds"]
+    dist = raw["distributed"]
+    assert [row["world_size"] for row in dist["rows"]] == [1, 2] and dist["skipped"] == {}
+    for row in dist["rows"]:
+        assert row["images_per_second"] > 0 and row["command"].startswith("grainsweep train")
+        assert row["command"].endswith(f"--nproc {row['world_size']}")
     assert raw["omp"]["applied"] is False  # torch was loaded before main(): the spin count cannot apply
     text = results.read_text()
     for heading in ("## Machine and versions", "## Loader vs torchvision DataLoader",
                     "## Loader vs the decode limit", "## The loader on other storage",
                     "## Training with the real loader", "## Conversion",
-                    "## Sweep rerun", "## How to run on the lent GPU"):
+                    "## Sweep rerun", "## Training on several processes", "grainsweep train --nproc 8",
+                    "## How to run on the lent GPU"):
         assert heading in text
     assert "not measured yet" in text and "Quick mode" in text
     assert "## Sweep rerun and compile cache" in text and "| cold |" in text and "| warm |" in text
