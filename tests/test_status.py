@@ -122,7 +122,7 @@ def test_second_sweep_is_refused_and_ctrl_c_leaves_nothing_running(small, tmp_pa
     # two real `grainsweep sweep` processes on one folder: the second is refused while the first trains; then
     # the first is Ctrl-C'd (SIGINT) in the middle of its first run
     _, _, root = small
-    cfg = small_sweep(root / "data", "run.train={epochs: 200, eval_every: 200}")
+    cfg = small_sweep(root / "data", "run.train={epochs: 5000, eval_every: 5000}")  # outlasts the second sweep
     cfg_file = tmp_path / "sweep.yaml"
     cfg_file.write_text(cfglib.to_yaml(cfg))
     sw = tmp_path / "sw"
