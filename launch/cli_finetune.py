@@ -62,6 +62,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(cfglib.to_yaml(cfg), end="")
         return 0
     if args.mode == PROBE:
+        if args.nproc > 1:
+            raise cfglib.ConfigError(f"--nproc {args.nproc}: --mode probe runs in one process (one solve on "
+                                     "cached features)")
         if args.select_k or args.select_lambda is not None or args.select_batch_size is not None:
             raise cfglib.ConfigError("--select-k/--select-lambda/--select-batch-size train a network; --mode probe "
                                      "trains none")

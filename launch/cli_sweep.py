@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "folder (a synthetic dataset is still converted once if missing; nothing is trained)")
     p.set_defaults(run=run_sweep)
 
-    s = sub.add_parser("status", help="state of each run of a sweep (done/running/pending/failed/todo)")
+    s = sub.add_parser("status", help="state of each run of a sweep (done/running/pending/failed/blocked/todo)")
     s.add_argument("sweep_dir", help="sweep folder")
     s.set_defaults(run=run_status)
 

@@ -41,7 +41,7 @@ class RunJob(submitit.helpers.Checkpointable):
             return folder.result()
         arm = arms.runner(spec.kind, spec.mode, spec.arm)
         rank, tasks = _tasks()
-        if tasks > 1 and getattr(arm, "one_process", False):
+        if tasks > 1 and arm.one_process:
             if rank != 0:
                 return {}
             tasks = 1  # rank 0 runs it as a job of one process

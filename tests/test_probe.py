@@ -139,4 +139,7 @@ def test_finetune_cli_probe(finished, tmp_path, capsys):
     assert cli.main(["finetune", "--from", src.run_dir, "--level", plan.target_level, "--mode", "probe",
                      "--out", str(tmp_path / "x"), "--select-k", "2"]) != 0
     assert "--mode probe" in capsys.readouterr().err
+    assert cli.main(["finetune", "--from", src.run_dir, "--level", plan.target_level, "--mode", "probe",
+                     "--out", str(tmp_path / "x"), "--nproc", "2"]) != 0
+    assert "--nproc 2" in capsys.readouterr().err and not (tmp_path / "x").exists()
     shutil.rmtree(out)

@@ -27,6 +27,7 @@ class Arm:
     modes: ClassVar[tuple[str, ...]] = ()  # transfer modes (transfer.modes) whose jobs it plans and runs; () =
     # every job of its kind is its own (launch.arms.runner)
     options: ClassVar[type | None] = None  # the dataclass of JobSpec.options for its jobs; None = no options
+    one_process: ClassVar[bool] = False  # its jobs are not distributed: in a multi-task job rank 0 alone runs them
     switch: ClassVar[str] = ""  # the sweep-config section whose `enabled` turns the arm on; '' = always on
 
     # stage 1 only: what its jobs, and the jobs that start from them, carry as JobSpec.arm (in run names, the

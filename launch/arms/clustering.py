@@ -22,6 +22,7 @@ class ClusteringConfig:
 class Clustering(Arm):
     name = "clustering"
     switch = "clustering"
+    one_process = True  # one solve on frozen features: nothing to spread over ranks
     stage = 2
     kind = "cluster"
     table = "clustering"

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 class Probe(Arm):
     name = "probe"
+    one_process = True  # one solve on frozen features: nothing to spread over ranks
     stage = 2
     kind = "transfer"
     table = "target"
