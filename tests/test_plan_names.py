@@ -1,6 +1,7 @@
-"""Run folders keep their names across refactorings: the default sweep (and every arm switched on) planned
-against a dataset at a fixed path must give exactly the folder names recorded before the house redesign
-(tests/golden/plan_names.json). A changed name would make every existing sweep rerun all its runs.
+"""Run folders keep their names across refactorings: the default sweep as it was then
+(tests/golden/plan_names_sweep.yaml, a copy of launch/sweeps/default.yaml before the demo grew; and every arm
+switched on) planned against a dataset at a fixed path must give exactly the folder names recorded before the house
+redesign (tests/golden/plan_names.json). A changed name would make every existing sweep rerun all its runs.
 
 Regenerate the file only for a deliberate change of the naming: `python -m tests.test_plan_names --write`."""
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 GOLDEN = Path(__file__).parent / "golden" / "plan_names.json"
+SWEEP = Path(__file__).parent / "golden" / "plan_names_sweep.yaml"  # frozen: the packaged default may change
 # run hashes cover the resolved config, whose data.path is absolute: the dataset must sit at one fixed path
 DATA = Path("/tmp/grainsweep-plan-names/tiny")
 ARMS = {
@@ -25,7 +27,7 @@ def plan_names() -> dict[str, list[str]]:
 
     out = {}
     for arm, sets in ARMS.items():
-        cfg = sweep_config.load(None, [f"dataset.path={DATA}", "dataset.synthetic_preset=tiny",
+        cfg = sweep_config.load(SWEEP, [f"dataset.path={DATA}", "dataset.synthetic_preset=tiny",
                                        "dataset.synthetic_set=[workers=1]",
                                        "run.data.batch_size=32", *sets])
         out[arm] = [j.name for j in _plan(cfg, DATA.parent / f"sweep-{arm}").jobs]
