@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -118,7 +117,7 @@ def kmeans(data_dir: str | os.PathLike, k: int, *, within: str | None = None, fe
     data_dir = Path(data_dir)
     if k < 1:
         raise dlib.DerivedError(f"k must be >= 1, got {k}")
-    name = name or f"kmeans{k}" + (f"_in_{within}" if within else "") + f"_{_tag(feature_tag)}"
+    name = name or dlib.kmeans_name(k, within, feature_tag)
     params = {"k": int(k), "within": within, "features": feature_tag, "seed": int(seed)}
     h = hlib.load(data_dir)
     if within is not None:
@@ -172,7 +171,7 @@ def kmeans(data_dir: str | os.PathLike, k: int, *, within: str | None = None, fe
 def random_groups(data_dir: str | os.PathLike, groups: int, *, seed: int = 0, name: str | None = None) -> Derived:
     """The leaves shuffled with `seed` and dealt round-robin into `groups` groups of near-equal size."""
     data_dir = Path(data_dir)
-    name = name or f"random{groups}_seed{seed}"
+    name = name or dlib.random_name(groups, seed)
     params = {"groups": int(groups), "seed": int(seed)}
     h = hlib.load(data_dir)
     if not 1 <= groups <= h.num_leaves:
@@ -211,10 +210,6 @@ def per_sample(data_dir: str | os.PathLike, *, name: str = "per_sample") -> Deri
 
 
 # helpers
-def _tag(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", s).strip("-") or "features"
-
-
 def _splits(data_dir: Path) -> list[str]:
     out = [s for s in SPLITS if (data_dir / f"{s}.beton").is_file()]
     if "train" not in out:

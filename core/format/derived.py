@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,17 @@ from core.format import hierarchy as hlib
 
 DIR_NAME = "derived"
 FORMAT = 1
+
+
+def kmeans_name(k: int, within: str | None, feature_tag: str) -> str:
+    """The default name of a k-means level (`grainsweep derive kmeans`, a sweep's `hierarchies`)."""
+    tag = re.sub(r"[^A-Za-z0-9_-]+", "-", feature_tag).strip("-") or "features"
+    return f"kmeans{k}" + (f"_in_{within}" if within else "") + f"_{tag}"
+
+
+def random_name(groups: int, seed: int) -> str:
+    """The default name of a random grouping of the leaves."""
+    return f"random{groups}_seed{seed}"
 
 
 class DerivedError(hlib.HierarchyError):

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from core.format import config as cfglib
+from core.format import derived as dlib
 from core.format import hierarchy as hlib
 from core.format.run_folder import MANIFEST_FILE, RunFolder
 from launch.arms.base import SOURCE_KIND, Arm
@@ -103,14 +103,14 @@ class Level(NamedTuple):
 def levels(cfg: SweepConfig, h: hlib.Hierarchy, data: Path) -> list[Level]:
     """The derived levels asked for, named as `grainsweep derive` names them by default (reads no beton)."""
     s, out = cfg.hierarchies, []
-    tag = _tag(feature_tag(s.features)) if s.kmeans_aligned.k or s.kmeans_misaligned.k else ""
+    tag = feature_tag(s.features) if s.kmeans_aligned.k or s.kmeans_misaligned.k else ""
     within = aligned_within(cfg, h, data)
     for i, k in enumerate(s.kmeans_aligned.k or ()):
-        out.append(Level("kmeans_aligned", f"hierarchies.kmeans_aligned.k[{i}]", f"kmeans{k}_in_{within}_{tag}", k))
+        out.append(Level("kmeans_aligned", f"hierarchies.kmeans_aligned.k[{i}]", dlib.kmeans_name(k, within, tag), k))
     for i, k in enumerate(s.kmeans_misaligned.k or ()):
-        out.append(Level("kmeans_misaligned", f"hierarchies.kmeans_misaligned.k[{i}]", f"kmeans{k}_{tag}", k))
+        out.append(Level("kmeans_misaligned", f"hierarchies.kmeans_misaligned.k[{i}]", dlib.kmeans_name(k, None, tag), k))
     for i, g in enumerate(s.random.groups or ()):
-        out.append(Level("random", f"hierarchies.random.groups[{i}]", f"random{g}_seed{s.seed}", g))
+        out.append(Level("random", f"hierarchies.random.groups[{i}]", dlib.random_name(g, s.seed), g))
     if s.per_sample:
         out.append(Level("per_sample", "hierarchies.per_sample", "per_sample", 0))
     return out
@@ -138,11 +138,6 @@ def feature_tag(features: str) -> str:
     if newest is None:
         raise cfglib.ConfigError(f"hierarchies.features={features!r}: the run has no checkpoint")
     return f"run-{run.resolve().name}-{newest.stem}"
-
-
-def _tag(s: str) -> str:
-    # data_tools/derive.py's _tag, which that module applies to the feature tag in its default names
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", s).strip("-") or "features"
 
 
 def check(cfg: SweepConfig, data: Path, wanted: list[Level]) -> None:
