@@ -183,7 +183,9 @@ def test_two_local_slots_run_jobs_at_once_each_after_its_source(data, tmp_path):
 
 
 def test_ctrl_c_stops_every_local_slot(data, tmp_path):
-    command, sw = local_sweep_command(tmp_path, data, "run.train={epochs: 200, eval_every: 200}")
+    # far more epochs than can run before the interrupt: the first run must still be training when the second
+    # has started (200 epochs of the tiny data once finished in the time the second took to start)
+    command, sw = local_sweep_command(tmp_path, data, "run.train={epochs: 100000, eval_every: 100000}")
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: len(running_rows(sw)) == 2 or proc.poll() is not None, 300, "two jobs running")
@@ -203,7 +205,8 @@ def test_ctrl_c_stops_every_local_slot(data, tmp_path):
     assert proc.returncode == 130, output[-3000:]
     assert not any(_alive(pid) for pid in pids)
     rows = {r["name"]: r for r in status.job_states(sw)}
-    assert all(rows[j.name]["state"] == "todo" for j in plan.stage(1)), rows
+    assert all(rows[j.name]["state"] == "todo" for j in plan.stage(1)), \
+        ([(r["name"], r["state"], r["note"]) for r in rows.values()], output[-3000:])
     assert not any(lock.owner(j.run_dir) for j in plan.stage(1))  # released by the children themselves
     assert records.read_records(sw)[-1]["running"] == []
 

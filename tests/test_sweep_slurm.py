@@ -90,7 +90,9 @@ def test_interrupted_sweep_job_is_requeued_and_resumes(slurm_cluster, tmp_path, 
     # submitit tells a timeout from a preemption by the job's walltime against its limit (tests/slurm_cluster.py):
     # with timeout_min=5 any USR2 counts as a timeout (requeued up to max_num_timeout times), with 60 as a
     # preemption (SIGTERM first, then USR2; requeued without limit)
-    epochs = 10
+    # enough epochs that the run cannot finish between its second epoch and the signal's handler (with 10 it once
+    # did: the requeued job then found result.json and returned without a second start)
+    epochs = 40
     cfg = tiny_sweep(tmp_path / "data", "seeds=[0]", "pretrain_levels=[subclass]", "scratch.enabled=false",
                      "clustering.enabled=false",
                      f"run.train={{epochs: {epochs}, eval_every: {epochs}}}",
