@@ -7,8 +7,11 @@ others. Modes, from the full pipeline down to its parts:
           exactly what `grainsweep train` consumes (on the CPU, uncompiled: core.data.cpu_stage.cpu_stage)
   val     centre crop 224/256 + GpuAugment (no flip)
   crop    train crops copied to the device, no device stage
-  decode  ffcv's SimpleRGBImageDecoder only (full-size decode into the batch, no crop, no copy): the decode
-          limit of ffcv on these cores; needs every image at the same size (the suite's data is)
+  decode  ffcv's full-size decode only, no copy: the decode limit of ffcv on these cores. Images of one size:
+          SimpleRGBImageDecoder (decoded straight into the batch). Images of mixed sizes, which that decoder
+          refuses (a batch is one shape): ffcv's CenterCropRGBImageDecoder, the same full-size decode (ffcv
+          never decodes at a reduced DCT scale) into a scratch image, then the centre square resized to `res`;
+          `settings.decoder` says which ran
 `measure_stage` times the device stage alone (ms a batch), the project's path against the eager reference.
 """
 
@@ -60,8 +63,20 @@ def measure_stage(*, res: int, batch_size: int, device: str = "cpu", runs: int =
     return out
 
 
-def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int):
-    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+def one_image_size(path: Path, column: str = "image") -> bool:
+    """Whether every image of the beton has the same height and width (read from ffcv's metadata table)."""
+    from core.format.beton_file import open_beton
+
+    reader = open_beton(path)
+    names = list(reader.field_names)
+    if column not in names:
+        raise ValueError(f"{path}: no {column!r} column (columns {names})")
+    meta = reader.metadata[f"f{names.index(column)}"]
+    return len(meta) == 0 or (len(set(meta["height"].tolist())) == 1 and len(set(meta["width"].tolist())) == 1)
+
+
+def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int, res: int):
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
     from ffcv.loader import OrderOption
     from ffcv.transforms import ToTensor
 
@@ -69,7 +84,9 @@ def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int):
     from core.data.ffcv_loader import GuardedLoader
 
     pipelines: dict[str, Any] = {c: None for c in beton_columns(path)}
-    pipelines["image"] = [SimpleRGBImageDecoder(), ToTensor()]
+    # ratio 1: the centre square of the short side, the most of each image a square batch can hold
+    decoder = SimpleRGBImageDecoder() if one_image_size(path) else CenterCropRGBImageDecoder((res, res), ratio=1.0)
+    pipelines["image"] = [decoder, ToTensor()]
     # ffcv's Loader and decoder as they are; the guard only ends an epoch on a worker error instead of hanging
     loader = GuardedLoader(str(path), batch_size=batch_size, num_workers=workers, os_cache=True,
                            order=OrderOption.RANDOM, seed=seed, pipelines=pipelines, drop_last=True)
@@ -80,7 +97,7 @@ def _decode_only_epochs(path: Path, batch_size: int, workers: int, seed: int):
             n += images.shape[0]
         return n
 
-    return epoch
+    return epoch, type(decoder).__name__
 
 
 def _loader_epochs(path: Path, level: str, mode: str, res: int, batch_size: int, workers: int, seed: int,
@@ -125,13 +142,15 @@ def measure_loader(data: str | Path, *, res: int, workers: int, batch_size: int,
     level = hlib.load(data).names[0]
     load_before = load_average()
     if mode == "decode":
-        epoch, compiled = _decode_only_epochs(path, batch_size, workers, seed), False
+        (epoch, decoder), compiled = _decode_only_epochs(path, batch_size, workers, seed, res), False
     else:
         epoch, compiled = _loader_epochs(path, level, mode, res, batch_size, workers, seed, dev, compile)
+        decoder = "SeededRandomResizedCrop" if mode in ("train", "crop") else "ScaledCenterCrop"
 
     timing = time_epochs(epoch, dev, epochs)  # the first epoch (compiles, page cache) is not counted
     return {"benchmark": "loader", **timing,
-            "settings": {"data": str(data), "mode": mode, "res": None if mode == "decode" else res,
+            "settings": {"data": str(data), "mode": mode,
+                         "res": None if decoder == "SimpleRGBImageDecoder" else res, "decoder": decoder,
                          "workers": workers, "batch_size": batch_size, "epochs": epochs, "warmup_epochs": 1,
                          "device": str(dev), "compiled_device_stage": compiled, "scale": list(SCALE),
                          "os_cache": True, "seed": seed},

@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ld.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the device stage runs")
     ld.add_argument("--mode", choices=["train", "val", "crop", "decode"], default="train",
                     help="train: random crops + device stage (default); val: centre crop + device stage; "
-                         "crop: random crops, no device stage; decode: ffcv's full-size decode only")
+                         "crop: random crops, no device stage; decode: ffcv's full-size decode only (images of "
+                         "mixed sizes: then the centre square resized to --res)")
     ld.add_argument("--compile", choices=["auto", "always", "never"], default="auto",
                     help="torch.compile the device stage (auto: on CUDA only, as 'grainsweep train')")
     ld.add_argument("--seed", type=int, default=0)

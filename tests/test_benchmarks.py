@@ -45,6 +45,34 @@ def test_measure_loader_every_mode(tiny_dataset, mode):
     assert out["images_per_second"] > 0 and out["settings"]["mode"] == mode
 
 
+@pytest.fixture(scope="module")
+def mixed_sizes(tmp_path_factory) -> Path:
+    """12 JPEGs of 6 different sizes (both orientations) under 2 levels, through `grainsweep convert csv`."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("mixed")
+    rows = []
+    for i in range(12):
+        name = f"im{i}.jpg"
+        Image.new("RGB", (24 + 8 * (i % 3), 40 - 8 * (i % 2)), (20 * i, 90, 200 - 10 * i)).save(root / name)
+        rows.append((name, f"leaf{i % 4}", f"group{i % 2}"))
+    with open(root / "train.csv", "w") as f:
+        f.write("path,leaf,group\n" + "".join(",".join(r) + "\n" for r in rows))
+    assert cli.main(["convert", "csv", str(root / "train.csv"), "--out", str(root / "ds"), "--workers", "1",
+                     "--set", "write.write_mode=jpg"]) == 0
+    return root / "ds"
+
+
+def test_bench_loader_decode_mode_on_images_of_mixed_sizes(mixed_sizes, capsys):
+    # ffcv's SimpleRGBImageDecoder refuses a beton of mixed sizes (TypeError at the first epoch)
+    rc = cli.main(["bench", "loader", "--data", str(mixed_sizes), "--mode", "decode", "--res", "16",
+                   "--workers", "1", "--batch-size", "4", "--epochs", "2"])
+    assert rc == 0
+    out = _last_json_line(capsys.readouterr().out)
+    assert out["images_per_second"] > 0 and out["images_per_epoch"] == 12
+    assert out["settings"]["decoder"] == "CenterCropRGBImageDecoder" and out["settings"]["res"] == 16
+
+
 def test_bench_loader_refuses_a_single_epoch(tiny_dataset, capsys):
     rc = cli.main(["bench", "loader", "--data", str(tiny_dataset), "--epochs", "1"])
     assert rc == 2
