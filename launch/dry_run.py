@@ -6,7 +6,8 @@ for transfer mode 'select', the selected pretraining images drawn alongside (one
 .batch_size`, default data.batch_size, per target step); a clustering job embeds its dataset's val split once, a
 'probe' transfer its train and val splits once. Evaluation passes over val (and select's one feature pass over
 both training sets) are not counted. A job whose run folder already holds result.json is marked done (a real
-sweep skips it) and left out of the totals.
+sweep skips it) and left out of the totals. With fuse.levels, the fused groups follow: each one job, its members'
+levels, and how many are left to train.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def describe(plan: Plan, executor: str) -> str:
             done += finished
             images += 0 if finished else n
             after = f"after {j.source_name}" if j.source_name else "no dependency"
+            after += f" (in {j.group})" if j.group else ""
             rows.append(f"  {j.name:<{width}}  {after};  {how} = {n:,} images" + ("  [done: skipped]" if finished
                                                                                    else ""))
         total += images
@@ -62,4 +64,22 @@ def describe(plan: Plan, executor: str) -> str:
             head += ", each after its pretraining run"
         lines += [f"{head}; {images:,} images to process", *rows]
     lines.append(f"total: {len(plan.jobs)} jobs, {total:,} images to process")
+    lines += fused_groups(plan)
     return "\n".join(lines)
+
+
+def fused_groups(plan: Plan) -> list[str]:
+    """The fused groups (fuse.levels): each one job training its members from one loader."""
+    from launch.fuse import groups
+
+    found = groups(plan.jobs)
+    if not found:
+        return []
+    runs = sum(len(m) for m in found.values())
+    out = [f"fused: {runs} pretraining runs in {len(found)} jobs, one loader each (a job splits its group where the "
+           "device's memory is short)"]
+    for name, members in found.items():
+        left = [m for m in members if not RunFolder(m.run_dir).is_done()]
+        state = f"{len(left)} of {len(members)} to train" if len(left) < len(members) else f"{len(members)} runs"
+        out.append(f"  {name} (seed {members[0].seed}, {state}): " + ", ".join(m.pretrain_level for m in members))
+    return out

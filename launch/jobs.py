@@ -13,6 +13,9 @@ the start log. A preemption or timeout signal reaches every task, but submitit's
 requeues from global rank 0 only (the others log "Not checkpointing nor requeuing since I am a slave"), so the
 job is requeued once and all its tasks start again. Only rank 0's error goes to logs/<run>.error. Arms whose jobs
 are not distributed (`one_process`) run on rank 0 alone; the other tasks return at once.
+
+A fused group (launch/fuse.py) is one job called with the list of its members: each member gets its own start
+log line, finished members are skipped, and a requeue resumes every unfinished member (resume=True for all).
 """
 
 from __future__ import annotations
@@ -32,14 +35,18 @@ from launch.plan import JobSpec
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    def __call__(self, spec: JobSpec, resume: bool = False) -> dict:
+    def __call__(self, spec: JobSpec | list[JobSpec], resume: bool = False) -> dict | list[dict]:
+        """Runs one run, or (a list) a fused group's members as one job (launch/fuse.py): finished members are
+        skipped, the others resume as a single run would."""
+        specs = spec if isinstance(spec, list) else [spec]
         # one compile cache for every job of the sweep, so reruns and requeues do not recompile
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(spec.cache_dir)
-        run_dir = Path(spec.run_dir)
-        folder = RunFolder(run_dir)
-        if folder.is_done():
-            return folder.result()
-        arm = arms.runner(spec.kind, spec.mode, spec.arm)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(specs[0].cache_dir)
+        folders = [RunFolder(s.run_dir) for s in specs]
+        if all(f.is_done() for f in folders):
+            results = [f.result() for f in folders]
+            return results if isinstance(spec, list) else results[0]
+        todo = [(s, f) for s, f in zip(specs, folders) if not f.is_done()]
+        arm = arms.runner(specs[0].kind, specs[0].mode, specs[0].arm)
         rank, tasks = _tasks()
         if tasks > 1 and arm.one_process:
             if rank != 0:
@@ -50,18 +57,29 @@ class RunJob(submitit.helpers.Checkpointable):
             # CUDA_VISIBLE_DEVICES is left to SLURM and core (device LOCAL_RANK of the node's GPUs)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         # a folder with a started run is continued (requeue, or a rerun of the sweep after a crash)
-        # (the sweep owns the folder: anything in it was written by an earlier start of this job)
-        started = resume or folder.holds_run()
+        # (the sweep owns the folder: anything in it was written by an earlier start of this job); a group resumes
+        # as a whole: a member with no checkpoint yet starts fresh (core/train/run.py)
+        started = [resume or f.holds_run() for _, f in todo]
         if rank == 0:
-            _log_start(spec, folder, started)
-        if spec.source and not RunFolder(spec.source).is_done():
-            raise RuntimeError(f"{spec.name}: its pretraining run {spec.source} has not finished")
+            for (s, f), st in zip(todo, started):
+                _log_start(s, f, st)
+        for s, _ in todo:
+            if s.source and not RunFolder(s.source).is_done():
+                raise RuntimeError(f"{s.name}: its pretraining run {s.source} has not finished")
+
+        def go(resume: bool) -> dict | list[dict]:
+            if isinstance(spec, list):
+                from launch import fuse
+
+                return fuse.train([s for s, _ in todo], resume)
+            return arm.run(spec, Path(spec.run_dir), resume)
+
         if tasks == 1:
-            return arm.run(spec, run_dir, started)
+            return go(any(started))
         try:
             # rank 0 may already be writing the folder when another rank looks, so every rank is told to resume;
             # resuming a folder with no checkpoint yet is a fresh start (core/train/run.py)
-            return arm.run(spec, run_dir, True)
+            return go(True)
         except Exception:
             if rank == 0:
                 raise
@@ -70,7 +88,7 @@ class RunJob(submitit.helpers.Checkpointable):
             traceback.print_exc()  # into this task's own SLURM log
             raise SystemExit(1) from None
 
-    def checkpoint(self, spec: JobSpec, resume: bool = False) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, spec: JobSpec | list[JobSpec], resume: bool = False) -> submitit.helpers.DelayedSubmission:
         # nothing to save here: train_run checkpoints every `train.checkpoint_every` epochs
         return submitit.helpers.DelayedSubmission(self, spec, resume=True)
 

@@ -4,6 +4,7 @@ Two steps: `prepare(cfg)` converts the synthetic dataset (when `dataset.syntheti
 model by building it once; `plan_sweep(cfg, sweep_dir)` then only reads (the dataset's hierarchy.json and
 manifest.json) and asks every sweep arm (launch/arms/) for its jobs: stage-1 arms plan the pretraining runs and
 the scratch baseline, stage-2 arms the transfers and clustering jobs that start from a finished pretraining run.
+With `fuse.levels`, pretraining runs that can share one loader get a common JobSpec.group (launch/fuse.py).
 
 A run's folder is named `<kind>-[<arm>-]<level>[-<mode>]-s<seed>-<hash>`, the hash over its resolved RunConfig,
 its kind, and for a job with a source run that run's folder name (and the mode, and the arm's options). The same
@@ -24,7 +25,7 @@ from core.format import config as cfglib
 from core.format import derived
 from core.format import hierarchy as hlib
 from core.train.run_config import SINGLE_HEAD, RunConfig
-from launch import arms
+from launch import arms, fuse
 from launch import plan_checks as checks
 from launch.arms.base import SOURCE_KIND, Arm
 from launch.sweep_config import SweepConfig
@@ -51,6 +52,7 @@ class JobSpec:
     mode: str = ""  # transfer: full | linear | select
     arm: str = ""  # the stage-1 arm it comes from: '' = single-level pretraining (and scratch), 'multilevel'
     options: Any = None  # its arm's own settings (an instance of launch.arms.runner(...).options); None = none
+    group: str = ""  # the fused job it trains in (launch/fuse.py: fuse.levels); '' = a job of its own
 
     @property
     def run_dir(self) -> str:
@@ -75,7 +77,8 @@ class JobSpec:
                 "pretrain_level": self.pretrain_level, "seed": self.seed, "run_dir": f"{RUNS_DIR}/{self.name}",
                 "config": cfglib.to_dict(self.config),
                 "source": f"{RUNS_DIR}/{self.source_name}" if self.source_name else "", "mode": self.mode,
-                "arm": self.arm, "options": cfglib.to_dict(self.options) if self.options is not None else {}}
+                "arm": self.arm, "options": cfglib.to_dict(self.options) if self.options is not None else {},
+                **({"group": self.group} if self.group else {})}
 
     @classmethod
     def from_dict(cls, d: dict, sweep_dir: Path) -> JobSpec:
@@ -86,7 +89,7 @@ class JobSpec:
         return cls(d["name"], d["kind"], d["stage"], d["level"], d["pretrain_level"], d["seed"],
                    cfglib.parse(RunConfig, d["config"], "config"), str(sweep_dir),
                    source_name=Path(d["source"]).name if d.get("source") else "", mode=d.get("mode", ""),
-                   arm=d.get("arm", ""), options=options)
+                   arm=d.get("arm", ""), options=options, group=d.get("group", ""))
 
 
 @dataclass
@@ -232,6 +235,7 @@ def plan_sweep(cfg: SweepConfig, sweep_dir: str | Path) -> Plan:
     rank = {lv: i for i, lv in enumerate(classes)}
     jobs.sort(key=lambda j: (j.stage, j.kind != SOURCE_KIND, rank[j.pretrain_level] if j.pretrain_level else 0,
                              j.arm, j.seed, modes.index(j.mode) if j.mode in modes else len(modes)))
+    jobs = fuse.group_jobs(jobs, cfg.fuse)
     return Plan(ctx.sweep_dir, str(data), target, classes, jobs,
                 target_dataset=str(goal.data), target_classes=goal.hierarchy.level(target).num_classes,
                 shared=goal.shared)

@@ -12,6 +12,8 @@ blocked  - a transfer or clustering job whose pretraining run failed (note: "blo
 todo     - never submitted, or interrupted with no live job (note: whether it resumes from a checkpoint), or
            its result.json is gone; `grainsweep sweep` runs every run that is todo, failed or blocked
 A pending (or locally queued) stage-2 job whose source is not done yet says "waits for <run>".
+The members of a fused group (launch/fuse.py) share one job: each is running or pending while it is, and done as
+soon as its own result.json is written; their note names the group.
 Kinds: pretrain, scratch (stage 1); transfer, cluster (stage 2: k-means on a pretraining run's frozen features,
 mode shown as 'k-means').
 """
@@ -75,6 +77,8 @@ def _row(spec: JobSpec, sweep_dir: Path, submitted: tuple[dict, str] | None, liv
         row["state"], row["note"] = live
     else:
         row["note"] = base.not_running_note(sweep_dir, spec.name)
+    if spec.group and row["state"] in (base.RUNNING, base.PENDING):  # one job trains the group's members
+        row["note"] = "; ".join(x for x in (row["note"], f"fused job {spec.group}") if x)
     return row
 
 

@@ -6,7 +6,8 @@ run to `target_level` of `target_dataset` (default: the pretraining dataset itse
 `scratch.set`, random init) and, where the target level is also a level of the pretraining dataset with the same
 classes, pretraining directly on it (the target level in `pretrain_levels`, added when missing). Further arms:
 transfer mode 'select' (fine-tuning with selected pretraining data, Liu et al.) and `multilevel.enabled`
-(semantic-softmax pretraining over all levels, ImageNet-21K-P). With `clustering.enabled`, each pretraining run
+(semantic-softmax pretraining over all levels, ImageNet-21K-P). `fuse.levels` trains a seed's pretraining runs
+at several levels as one job from one loader (launch/fuse.py). With `clustering.enabled`, each pretraining run
 also gets a clustering evaluation of its frozen features (Adaloglou et al.). Job settings are RunConfigs: `run` is
 the pretraining run; `transfer.set` (dotted overrides, as `--set`) changes it for the transfers and the scratch
 baseline. The arms are modules of launch/arms/, each with the schema of its section here.
@@ -88,6 +89,18 @@ class ExecutorConfig:
 
 
 @dataclass(frozen=True)
+class FuseConfig:
+    levels: bool = False  # train each seed's pretraining runs that differ only in data.level (levels and
+    # hierarchies arms) as one job from one loader: decoded once, each model its own head, optimiser and run folder
+    max_models: int | None = None  # most runs in one fused job; None = all of a seed's (a job still splits a
+    # group that does not fit its device's memory: launch/fuse.py)
+
+    def __post_init__(self) -> None:
+        if self.max_models is not None and self.max_models < 1:
+            raise ValueError(f"fuse.max_models must be >= 1, got {self.max_models}")
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     name: str = "sweep"  # the default output folder is data/sweeps/<name>
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -105,6 +118,7 @@ class SweepConfig:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)  # k-means on frozen features
     multilevel: MultiLevelConfig = field(default_factory=MultiLevelConfig)  # semantic-softmax pretraining
     hierarchies: HierarchiesConfig = field(default_factory=HierarchiesConfig)  # derived control hierarchies
+    fuse: FuseConfig = field(default_factory=FuseConfig)  # fused pretraining jobs (off: one job per run)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,11 @@ Per-run arrays rather than `aftercorr` between two aligned arrays: task i of sta
 stage 1, which breaks as soon as some pretraining runs are done from an earlier sweep and not resubmitted, or a
 run has several dependants (a transfer per mode, a clustering job).
 
+A fused group (launch/fuse.py) is one array task; jobs.json maps each member to it (and its record's "groups" names
+it), so a stage-2 job waits with afterok on its source's group task. A group that fails in one member leaves the
+finished members' dependants pending forever (DependencyNeverSatisfied): status shows them to do, and a rerun
+cancels and resubmits them without a dependency, their source being done.
+
 States come from squeue, then from text: the run's own error log (<sweep>/logs/<run>.error, written by the job)
 and submitit's stderr log. submitit's result pickles are never read: a file planted in a shared sweep folder
 would run its code in whoever reads the status.
@@ -29,6 +34,7 @@ import submitit
 
 from core.format import config as cfglib
 from core.format.run_folder import is_done
+from launch import fuse
 from launch.executors import base, records
 from launch.executors.job import SweepJob
 from launch.plan import JobSpec, Plan
@@ -37,6 +43,9 @@ from launch.sweep_config import SlurmConfig
 PING_TIMEOUT_S = 10  # `scontrol ping` answers in milliseconds when the controller is up or refuses connections
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "RESV_DEL_HOLD"}
+# a pending job whose dependency failed (squeue's reason DependencyNeverSatisfied) will never start: a transfer of
+# a finished run whose fused group failed in another member; shown as to do, cancelled and resubmitted by a rerun
+NEVER = "DEPENDENCY_NEVER_SATISFIED"
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")  # also keeps a doctored jobs.json from naming paths outside the sweep
 
 
@@ -93,7 +102,7 @@ class SlurmExecutor(base.Executor):
         # a stage-2 job handed back while still queued waits on a failed source's old job (DependencyNeverSatisfied
         # where the cluster keeps such jobs): cancel it, or it would run twice once resubmitted
         stale = [earlier[j.name][1] for j in todo if j.stage == 2 and j.name in earlier
-                 and queue.get(earlier[j.name][1]) in PENDING]
+                 and queue.get(earlier[j.name][1]) in (*PENDING, NEVER)]
         if stale:
             subprocess.run(["scancel", *stale], capture_output=True, timeout=60)
         out = []
@@ -112,15 +121,20 @@ class SlurmExecutor(base.Executor):
         ex = self._executor()
         if dependency:
             ex.update_parameters(slurm_dependency=dependency)
+        units = fuse.units(specs)  # a fused group's members: one task
         with ex.batch():
-            jobs = [ex.submit(SweepJob(), spec) for spec in specs]
+            jobs = [ex.submit(SweepJob(), fuse.job_arg(u)) for u in units]
         array_id = jobs[0].job_id.split("_")[0]
         rec = {"time": time.time(), "executor": self.name, "stage": stage, "array_id": array_id,
                "dependency": dependency, "folder": str(self.sweep_dir / base.SUBMITIT_DIR),
-               "jobs": {s.name: j.job_id for s, j in zip(specs, jobs)}}
+               "jobs": {s.name: j.job_id for u, j in zip(units, jobs) for s in u}}
+        fused = {fuse.unit_name(u): j.job_id for u, j in zip(units, jobs) if len(u) > 1}
+        if fused:
+            rec["groups"] = fused
         records.append_record(self.sweep_dir, rec)
-        print(f"stage {stage}: {len(specs)} job(s) as array {array_id}"
-              + (f" (after {dependency})" if dependency else ""), flush=True)
+        print(f"stage {stage}: {len(specs)} run(s) in {len(units)} job(s) as array {array_id}"
+              + (f" ({len(fused)} fused)" if fused else "") + (f" (after {dependency})" if dependency else ""),
+              flush=True)
         return rec
 
     @classmethod
@@ -130,6 +144,9 @@ class SlurmExecutor(base.Executor):
         for name, (rec, job_id) in jobs.items():
             if not _JOB_ID.match(job_id):
                 out[name] = (base.FAILED, f"jobs.json: {job_id!r} is not a SLURM job id")
+            elif queue is not None and queue.get(job_id) == NEVER:
+                out[name] = (base.TODO, "its dependency failed (another run of its source's fused job); a rerun "
+                                        "resubmits it")
             elif job_id in (queue or {}):
                 state = queue[job_id]
                 out[name] = (base.RUNNING if state in RUNNING else base.PENDING if state in PENDING else base.FAILED,
@@ -159,16 +176,23 @@ def _dependency(spec: JobSpec, submitted: dict[str, str], earlier: dict[str, tup
 
 
 def squeue_states() -> dict[str, str] | None:
-    """job id (array tasks as <array>_<task>) -> SLURM state; None where squeue does not answer."""
+    """job id (array tasks as <array>_<task>) -> SLURM state (NEVER for a pending job whose dependency failed);
+    None where squeue does not answer."""
     if not shutil.which("squeue"):
         return None
     try:
-        res = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+        res = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T %r"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if res.returncode != 0:
         return None
-    return dict(line.split()[:2] for line in res.stdout.splitlines() if len(line.split()) >= 2)
+    out = {}
+    for line in res.stdout.splitlines():
+        words = line.split()
+        if len(words) >= 2:
+            never = words[1] == "PENDING" and len(words) > 2 and words[2] == "DependencyNeverSatisfied"
+            out[words[0]] = NEVER if never else words[1]
+    return out
 
 
 def _submitit_error(sweep_dir: Path, job_id: str) -> str:

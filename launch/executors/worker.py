@@ -1,7 +1,8 @@
 """`python -m launch.executors.worker`: one sweep job in a child process of the local executor's slots
-(launch/executors/slots.py). Reads {"parent": pid, "sweep_dir", "spec": plan.json's entry} from stdin, runs the
-job (SweepJob writes <sweep>/logs/<run>.error on failure) and exits 0 (done), 1 (failed) or 130 (interrupted).
-It dies with its parent (PR_SET_PDEATHSIG), so a killed sweep leaves no run training on."""
+(launch/executors/slots.py). Reads {"parent": pid, "sweep_dir", "specs": [plan.json's entries]} from stdin (one
+run, or a fused group's members: launch/fuse.py), runs the job (SweepJob writes <sweep>/logs/<run>.error on
+failure) and exits 0 (done), 1 (failed) or 130 (interrupted). It dies with
+its parent (PR_SET_PDEATHSIG), so a killed sweep leaves no run training on."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ def main() -> int:
     from launch.executors.job import SweepJob  # torch, after the parent check
     from launch.plan import JobSpec
 
-    spec = JobSpec.from_dict(job["spec"], Path(job["sweep_dir"]))
+    specs = [JobSpec.from_dict(d, Path(job["sweep_dir"])) for d in job["specs"]]
     try:
-        SweepJob()(spec)
+        SweepJob()(specs if len(specs) > 1 else specs[0])
     except KeyboardInterrupt:
-        print(f"{spec.name}: interrupted", file=sys.stderr)
+        print(f"{', '.join(s.name for s in specs)}: interrupted", file=sys.stderr)
         return 130
     except Exception:  # noqa: BLE001 - SweepJob wrote the error log; the traceback also goes to this job's log
         traceback.print_exc()

@@ -1,0 +1,149 @@
+"""Fused sweeps (`fuse.levels`, launch/fuse.py): a seed's pretraining runs at several levels train as one job, yet
+every run keeps its own folder; the report is the one of the same sweep without fuse; a rerun trains only the
+members that are not done; the slots executor runs a group as one child; planning groups by seed and
+max_models; config errors name the key."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from core.format import config as cfglib
+from core.format.lock import FolderLock
+from core.format.run_folder import is_done
+from launch import fuse, report, status, sweep, sweep_config
+from launch import plan as planlib
+from launch.executors import records
+from launch.jobs import read_starts
+
+
+def small_sweep(data: Path, *sets: str) -> sweep_config.SweepConfig:
+    """The tiny preset's three levels, one seed, bmlp, 2 epochs; one linear transfer each; no scratch, no
+    clustering (they do not depend on fuse)."""
+    return cfglib.load(sweep_config.SweepConfig, None, [
+        "name=fz", f"dataset.path={data}", "dataset.synthetic_preset=tiny", "dataset.synthetic_set=[workers=1]",
+        "target_level=superclass", "seeds=[0]", "run.data={resolution: 16, batch_size: 16, workers: 1}",
+        "run.model={name: bmlp, kwargs: {depth: 2, width: 32}}", "run.train={epochs: 2, eval_every: 2}",
+        "run.optim={name: adamw, lr: 0.002, weight_decay: 0.05, warmup_epochs: 1.0}",
+        "transfer.modes=[linear]", "transfer.set=[train.epochs=1]", "scratch.enabled=false",
+        "clustering.enabled=false", *sets])
+
+
+def rows(path: Path) -> dict[tuple, dict]:
+    """A report csv's rows by what they are about (every column but the measured ones)."""
+    with open(path) as f:
+        return {tuple(v for k, v in r.items() if not k.startswith("acc_")): r for r in csv.DictReader(f)}
+
+
+def same_rows(a: Path, b: Path) -> None:
+    ra, rb = rows(a), rows(b)
+    assert ra.keys() == rb.keys() and ra
+    for key, row in ra.items():
+        for col, value in row.items():
+            try:
+                assert float(value) == pytest.approx(float(rb[key][col]), abs=1e-4), (key, col)
+            except ValueError:
+                assert value == rb[key][col], (key, col)
+
+
+def tree_mtimes(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """The same sweep twice, both with the local executor in-process: without fuse, and fused."""
+    root = tmp_path_factory.mktemp("fuse")
+    data = root / "data"
+    planlib.prepare(small_sweep(data))
+    sep_plan, _ = sweep.run_sweep(small_sweep(data), root / "sep", executor="local")
+    cfg = small_sweep(data, "fuse.levels=true")
+    fused_plan, recs = sweep.run_sweep(cfg, root / "fused", executor="local")
+    return data, sep_plan, fused_plan, recs
+
+
+def test_fused_sweep_reports_what_the_separate_one_does(sweeps):
+    _, sep, fused, recs = sweeps
+    assert [j.name for j in sep.jobs] == [j.name for j in fused.jobs]  # same runs, same folders
+    (name, members), = fuse.groups(fused.jobs).items()
+    assert [m.pretrain_level for m in members] == ["subclass", "class", "superclass"]
+    assert all(not j.group for j in sep.jobs) and all(not j.group for j in fused.stage(2))
+    assert json.loads((fused.sweep_dir / planlib.PLAN_FILE).read_text())["jobs"][0]["group"] == name
+    assert all(is_done(j.run_dir) for j in fused.jobs)
+    assert set(recs[0]["states"].values()) == {"done"} and len(recs[0]["states"]) == len(fused.jobs)
+    same_rows(report.write_report(sep.sweep_dir)["csv"], report.write_report(fused.sweep_dir)["csv"])
+    same_rows(sep.sweep_dir / "report-pretrained.csv", fused.sweep_dir / "report-pretrained.csv")
+
+
+def test_status_shows_every_member_running_while_the_group_runs(sweeps, tmp_path):
+    _, _, fused, _ = sweeps
+    copy = tmp_path / "copy"
+    shutil.copytree(fused.sweep_dir, copy)
+    (name, members), = fuse.groups(fused.jobs).items()
+    done, left = members[0], members[1:]
+    for m in left:
+        (copy / planlib.RUNS_DIR / m.name / "result.json").unlink()
+    with FolderLock(copy, what="test"):  # a live local sweep on the group: its record names the members running
+        records.append_record(copy, {"time": time.time(), "executor": "local", "states": {},
+                                     "jobs": {m.name: "local" for m in members}, "running": [m.name for m in members]})
+        by_name = {r["name"]: r for r in status.job_states(copy)}
+    assert by_name[done.name]["state"] == "done"  # its result.json is there
+    for m in left:
+        assert by_name[m.name]["state"] == "running" and name in by_name[m.name]["note"]
+
+
+def test_rerun_trains_only_the_unfinished_members_in_one_slots_child(sweeps, capsys):
+    data, _, fused, _ = sweeps
+    (name, members), = fuse.groups(fused.jobs).items()
+    gone, reset, kept = members
+    shutil.rmtree(gone.run_dir)  # a member lost, another reset to no result and no checkpoint
+    (Path(reset.run_dir) / "result.json").unlink()
+    shutil.rmtree(Path(reset.run_dir) / "checkpoints")
+    before = {j.name: tree_mtimes(Path(j.run_dir)) for j in fused.jobs if j not in (gone, reset)}
+    capsys.readouterr()
+    cfg = small_sweep(data, "fuse.levels=true", "executor.local.slots=2")
+    _, recs = sweep.run_sweep(cfg, fused.sweep_dir, executor="local")
+    out = capsys.readouterr().out
+    assert "2 to run" in out and f"{name} (fused: {gone.name}, {reset.name})" in out
+    assert recs[0]["states"] == {gone.name: "done", reset.name: "done"}
+    logs = fused.sweep_dir / planlib.LOGS_DIR
+    assert (logs / f"{name}.log").is_file()  # one child for the group
+    assert not any((logs / f"{m.name}.log").exists() for m in members)
+    assert is_done(gone.run_dir) and is_done(reset.run_dir)
+    # the finished member and the transfers (done) untouched
+    assert {j.name: tree_mtimes(Path(j.run_dir)) for j in fused.jobs if j not in (gone, reset)} == before
+    assert [len(read_starts(m)) for m in members] == [2, 2, 1]
+    assert read_starts(reset)[-1]["resume"] and not read_starts(gone)[-1]["resume"]
+    assert {r["state"] for r in status.job_states(fused.sweep_dir)} == {"done"}
+
+
+def test_plan_groups_by_seed_and_max_models(sweeps, tmp_path):
+    data, _, _, _ = sweeps
+    cfg = small_sweep(data, "seeds=[0, 1]", "fuse={levels: true, max_models: 2}", "multilevel.enabled=true")
+    plan = planlib.plan_sweep(cfg, tmp_path / "p")
+    plain = planlib.plan_sweep(small_sweep(data, "seeds=[0, 1]", "multilevel.enabled=true"), tmp_path / "p")
+    assert [j.name for j in plan.jobs] == [j.name for j in plain.jobs]
+    found = fuse.groups(plan.jobs)
+    assert sorted(len(m) for m in found.values()) == [2, 2]  # 3 levels: 2 fused + 1 alone, per seed
+    for name, members in found.items():
+        assert {m.seed for m in members} == {int(name.split("-s")[1].split("-")[0])}
+        assert all(m.kind == "pretrain" and m.arm == "" for m in members)  # multilevel: another objective
+    grouped = {m.name for ms in found.values() for m in ms}
+    assert len([j for j in plan.stage(1) if j.kind == "pretrain" and j.name not in grouped]) == 4  # 2 + multilevel
+    plan.save()
+    back = planlib.load_plan(tmp_path / "p")
+    assert [j.group for j in back.jobs] == [j.group for j in plan.jobs]
+    text = sweep.dry_run(cfg, tmp_path / "p", executor="local")[1]
+    assert all(name in text for name in found)
+
+
+@pytest.mark.parametrize("value, message", [("0", "fuse.max_models must be >= 1, got 0"),
+                                            ("two", "fuse.max_models")])
+def test_bad_fuse_config_names_the_key(value, message):
+    with pytest.raises(cfglib.ConfigError, match=message.replace(".", r"\.")):
+        sweep_config.load(None, ["fuse.levels=true", f"fuse.max_models={value}"])
