@@ -35,6 +35,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from core.data.batch_augment import build_all
@@ -45,6 +46,65 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per RGB channel, fraction of 255
 IMAGENET_STD = (0.229, 0.224, 0.225)  # per RGB channel, fraction of 255
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CPU_OUTPUT_BUFFERS = 2  # output buffers the CPU path recycles: the consumer's batch and the one being made
+
+
+class RngStream:
+    """Random numbers of one's own from torch's global generators: inside `with stream:` the CPU generator (and
+    `device`'s CUDA generator) continue this stream; outside, the caller's state is as it was.
+
+    Why: draws that must not depend on what else runs in the process. The device stage's draws (flip, mixup) would
+    otherwise depend on how many numbers model init and dropout took before them, and several models trained in
+    one process (core/train/fused.py) would each shift the others' draws. Swapping the state costs a copy of a few
+    KB per use; it lets any code draw (torch.distributions, the extra augmentations) without a generator argument.
+    `seeded(seed, epoch)` starts a stream that is a function of (seed, epoch) alone; `capture` one that continues
+    the global state of now."""
+
+    def __init__(self, device: str | torch.device, states: tuple[torch.Tensor, ...] | None = None,
+                 seed: int = 0) -> None:
+        self.device = torch.device(device)
+        self.seed = seed
+        self._states = states
+
+    @classmethod
+    def capture(cls, device: str | torch.device) -> RngStream:
+        """A stream that continues from the global generators' state now."""
+        stream = cls(device)
+        stream._states = stream._get()
+        return stream
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restarts the stream at a function of (seed, epoch): what a resumed run at `epoch` draws again."""
+        words = np.random.SeedSequence([int(self.seed) % 2**64, int(epoch)]).generate_state(2, np.uint32)
+        previous = self._get()
+        try:
+            torch.default_generator.manual_seed(int(words[0]) << 32 | int(words[1]))
+            if self.device.type == "cuda":
+                with torch.cuda.device(self.device):
+                    torch.cuda.manual_seed(int(words[0]) << 32 | int(words[1]))
+            self._states = self._get()
+        finally:
+            self._set(previous)
+
+    def _get(self) -> tuple[torch.Tensor, ...]:
+        if self.device.type == "cuda":
+            return torch.get_rng_state(), torch.cuda.get_rng_state(self.device)
+        return (torch.get_rng_state(),)
+
+    def _set(self, states: tuple[torch.Tensor, ...]) -> None:
+        torch.set_rng_state(states[0])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(states[1], self.device)
+
+    def __enter__(self) -> RngStream:
+        self._outer = self._get()
+        if self._states is None:
+            self.set_epoch(0)
+        self._set(self._states)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._states = self._get()
+        self._set(self._outer)
 
 
 class GpuAugment:
@@ -58,14 +118,17 @@ class GpuAugment:
     augment: extra batch augmentations, registered name -> parameters (data.augment; core.data.batch_augment),
     applied in order after the fused stage; their targets are the soft targets when mixing, else the labels as
     given. A bad name or parameter raises core.format.config.ConfigError naming `data.augment.<name>...`.
+    rng: where the random draws come from: a `RngStream` (a training run's: restarted each epoch from the seed and
+    the epoch, so a resumed run draws again what it drew, whatever else ran in the process), or None: torch's
+    global generator.
     """
 
     def __init__(self, *, device: str | torch.device, dtype: torch.dtype = torch.bfloat16,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, flip: bool = False,
                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
                  switch_prob: float = 0.5, num_classes: Mapping[str, int] | None = None, compile: bool = True,
-                 dynamic_spatial: bool = True,
-                 augment: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 dynamic_spatial: bool = True, augment: Mapping[str, Mapping[str, Any]] | None = None,
+                 rng: RngStream | None = None) -> None:
         if dtype not in DTYPES.values():
             raise ValueError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
         if len(mean) != 3 or len(std) != 3:
@@ -77,6 +140,7 @@ class GpuAugment:
         self.mix_prob, self.switch_prob = mix_prob, switch_prob
         self.num_classes = dict(num_classes or {})
         self.dynamic_spatial = dynamic_spatial
+        self.rng = rng
         self.augments = build_all(augment or {})
         # fixed work, once: per-channel constants on the device, broadcast over NHWC's last dim
         self.mean255 = torch.tensor(mean, dtype=torch.float32, device=self.device) * 255
@@ -94,7 +158,13 @@ class GpuAugment:
         self._buffers: list[tuple[torch.Tensor, int]] = []  # cpu_stage's outputs and their storage refs when free
 
     def draw(self, batch_size: int) -> Draws:
-        """The random numbers of one batch, drawn on the device from torch's global generator."""
+        """The random numbers of one batch, drawn on the device from `rng` (or torch's global generator)."""
+        if self.rng is not None:
+            with self.rng:
+                return self._draw(batch_size)
+        return self._draw(batch_size)
+
+    def _draw(self, batch_size: int) -> Draws:
         dev = self.device
         flip = torch.rand(batch_size, device=dev) < 0.5
         perm = torch.randperm(batch_size, device=dev)
@@ -107,7 +177,11 @@ class GpuAugment:
         return Draws(flip, perm, lam, use_cutmix, torch.rand(2, device=dev))
 
     def draw_extras(self, shape: tuple[int, ...] | torch.Size) -> tuple[Any, ...]:
-        """The random tensors of each extra augmentation for an NCHW batch of `shape`, from torch's global generator."""
+        """The random tensors of each extra augmentation for an NCHW batch of `shape`, from `rng` (or torch's global
+        generator)."""
+        if self.rng is not None:
+            with self.rng:
+                return tuple(a.draw(shape, self.device) for a in self.augments)
         return tuple(a.draw(shape, self.device) for a in self.augments)
 
     def __call__(self, images: torch.Tensor, labels: Mapping[str, torch.Tensor] | None = None,

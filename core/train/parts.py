@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from core.data.augment import GpuAugment
+from core.data.augment import GpuAugment, RngStream
 from core.format.beton_file import beton_columns, open_beton
 from core.data.loader import build_loader
 from core.data.resident import ResidentMemoryError, build_resident_loader
@@ -64,6 +64,7 @@ class Parts:
     objective: Objective  # what training minimises (core/train/objective.py)
     train_forward: Any = None  # the training step's forward (DistributedDataParallel over `forward` when there are
     # more processes); None = `forward`. Evaluation uses `forward`: each rank scores its own batches, no collective
+    train_rng: RngStream | None = None  # the training device stage's draws: restarted each epoch (set_epoch)
 
     @property
     def step_forward(self) -> Any:
@@ -129,18 +130,55 @@ def _check_labels(data: Path, h: hlib.Hierarchy) -> None:
     _LABELS_CHECKED.add(key)
 
 
+class TrainData(NamedTuple):
+    """A run's training batches and their device stage; one can serve several runs (core/train/fused.py)."""
+
+    loader: BatchSource
+    augment: GpuAugment
+    rng: RngStream  # the augment's draws
+
+
+def _device_of(cfg: RunConfig) -> tuple[torch.device, Precision, bool]:
+    """(device, precision, compile?) of a run in this process."""
+    device = current().device or resolve_device(cfg.train.device)
+    use_compile = cfg.model.compile == "always" or (cfg.model.compile == "auto" and device.type == "cuda")
+    return device, resolve_precision(cfg.train.precision, device), use_compile
+
+
+def build_train_data(cfg: RunConfig, levels: list[str]) -> TrainData:
+    """The training loader serving label columns `levels` (this rank's share) and the device stage, whose draws
+    come from a stream of their own seeded by train.seed and the epoch."""
+    data = Path(cfg.data.path)
+    device, precision, use_compile = _device_of(cfg)
+    train_loader = build_run_loader(cfg, data / "train.beton", split="train", batch_size=_per_rank_batch(cfg, current()),
+                                    levels=levels, resolution=resolution_at(0, cfg.data.resolution,
+                                                                            cfg.train.progressive),
+                                    order=cfg.data.order, drop_last=True, scale=cfg.data.scale,
+                                    seed=cfg.train.seed, device=device)
+    if len(train_loader) == 0:
+        raise RunConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
+                             f"({data / 'train.beton'}); with drop_last no step would run")
+    h = hlib.load(data)
+    rng = RngStream(device, seed=cfg.train.seed)
+    augment = GpuAugment(device=device, dtype=precision.dtype or torch.float32, flip=cfg.data.flip,
+                         mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha,
+                         num_classes={lv: _num_classes(h, data, lv) for lv in levels},
+                         compile=use_compile, augment=cfg.data.augment, rng=rng)
+    return TrainData(train_loader, augment, rng)
+
+
 def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
-                objective: Objective | None = None) -> Parts:
-    """The run's objects. `model` / `objective` replace the config's (a transfer's model; a multi-head loss).
+                objective: Objective | None = None, train_data: TrainData | None = None) -> Parts:
+    """The run's objects. `model` / `objective` replace the config's (a transfer's model; a multi-head loss);
+    `train_data` replaces the training loader and device stage (one shared by the runs of a fused job).
 
     Without them, both follow `train.objective` (core/train/semantic_softmax.py): a single-head model and cross-entropy,
     or one head per level and the semantic softmax."""
     h, level = check_data(cfg)
     world = current()
-    per_rank_batch = _per_rank_batch(cfg, world)
+    _per_rank_batch(cfg, world)  # refused before anything is built
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    device = world.device or resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
+    device, precision, use_compile = _device_of(cfg)
     data = Path(cfg.data.path)
     objective_given = objective is not None
     objective = objective or build_objective(cfg, h, level)
@@ -161,7 +199,6 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
     model = model.to(device)
     if cfg.model.channels_last:
         model = to_channels_last(model)
-    use_compile = cfg.model.compile == "always" or (cfg.model.compile == "auto" and device.type == "cuda")
     forward = torch.compile(model) if use_compile else model
     train_forward = None
     if world.distributed:  # gradients averaged over ranks: each rank's mean over an equal share = the global mean
@@ -171,34 +208,27 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
     # data
     val_beton = data / derived_lib.eval_beton(data, level)  # val.beton but for a level that labels no val sample
     extras = ["hard"] if "hard" in beton_columns(val_beton) else []
-    start_res = resolution_at(0, cfg.data.resolution, cfg.train.progressive)
-    train_loader = build_run_loader(cfg, data / "train.beton", split="train", batch_size=per_rank_batch,
-                                    levels=list(objective.train_levels), resolution=start_res,
-                                    order=cfg.data.order, drop_last=True, scale=cfg.data.scale,
-                                    seed=cfg.train.seed, device=device)
-    if len(train_loader) == 0:
-        raise RunConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
-                             f"({data / 'train.beton'}); with drop_last no step would run")
+    if train_data is None:
+        train_data = build_train_data(cfg, list(objective.train_levels))
+    elif missing := [lv for lv in objective.train_levels if lv not in train_data.loader.levels]:
+        raise ValueError(f"the shared training loader serves {train_data.loader.levels}, not {missing}")
     val_loader = build_run_loader(cfg, val_beton, split="val", batch_size=cfg.data.val_batch_size,
                                   levels=h.names[h.index(level):], resolution=cfg.data.val_resolution or
                                   cfg.data.resolution, order="sequential", drop_last=False, extra_columns=extras,
                                   seed=cfg.train.seed, device=device)
-    act_dtype = precision.dtype or torch.float32
-    train_augment = GpuAugment(device=device, dtype=act_dtype, flip=cfg.data.flip,
-                               mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha,
-                               num_classes={lv: _num_classes(h, data, lv) for lv in objective.train_levels},
-                               compile=use_compile, augment=cfg.data.augment)
-    val_augment = GpuAugment(device=device, dtype=act_dtype, flip=False, compile=use_compile)
+    val_augment = GpuAugment(device=device, dtype=precision.dtype or torch.float32, flip=False, compile=use_compile,
+                             rng=RngStream(device, seed=cfg.train.seed))  # draws unused: kept off the global ones
 
     # optimisation
     optimizer = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                 momentum=cfg.optim.momentum)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = len(train_data.loader)
     schedule = LRSchedule(base_lr=cfg.optim.lr, warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
                           total_steps=cfg.train.epochs * steps_per_epoch, kind=cfg.optim.schedule,
                           final_lr_fraction=cfg.optim.final_lr_fraction)
-    return Parts(h, level, device, precision, model, forward, train_loader, val_loader, train_augment,
-                 val_augment, optimizer, schedule, build_loss(cfg.optim.label_smoothing), objective, train_forward)
+    return Parts(h, level, device, precision, model, forward, train_data.loader, val_loader, train_data.augment,
+                 val_augment, optimizer, schedule, build_loss(cfg.optim.label_smoothing), objective, train_forward,
+                 train_data.rng)
 
 
 def _sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:

@@ -12,10 +12,12 @@ alone holds the folder's lock and writes the folder, and tells the others which 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from core.format.lock import FolderLock
 from core.format.run_folder import RunFolder, dataset_fingerprint
 from core.train import checkpoint
 from core.train.distributed import World, init_from_env
-from core.train.engine import evaluate, train_epoch
+from core.train.engine import EpochStats, Trainer, evaluate, run_epoch
 from core.train.parts import Parts, build_parts, resolution_at
 from core.train.run_config import RunConfig, RunConfigError, absolute_data_path
 from core.train.run_log import RunLog
@@ -63,6 +65,22 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+@dataclass
+class Member:
+    """One run being trained: its parts, folder, log and step counter. run() trains one; a fused job
+    (core/train/fused.py) trains several from one loader, each inside its own random stream `rng`."""
+
+    cfg: RunConfig
+    parts: Parts
+    folder: RunFolder
+    step: int = 0
+    start_epoch: int = 0  # epochs done when this process started on it
+    log: RunLog | None = None  # rank 0's
+    result: dict = field(default_factory=dict)  # the newest evaluation
+    rng: AbstractContextManager = field(default_factory=nullcontext)  # entered around its steps and epoch ends
+    label: str = ""  # prefix of its summary lines ('' = none)
+
+
 def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, parts: Parts | None = None) -> dict:
     """Trains (or resumes) the run in `run_dir`; returns the final evaluation. Writes result.json at the end.
 
@@ -77,74 +95,120 @@ def run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, parts: Parts 
 
 def _run(cfg: RunConfig, run_dir: str | Path, resume: bool, parts: Parts | None, world: World) -> dict:
     folder = RunFolder(run_dir)
-    run_dir, ckpt_dir = folder.path, folder.checkpoint_dir
     cfg = absolute_data_path(cfg)
-
-    def check() -> bool:  # rank 0; True = there is a checkpoint to resume from
-        folder.refuse_unless_resume(resume)
-        if resume:
-            _check_resume_config(folder, cfg)
-        return bool(resume and folder.checkpoints())
-
-    from_checkpoint = world.on_main(check)
-    p = parts or build_parts(cfg)
-    start_epoch, step = 0, 0
+    from_checkpoint = world.on_main(lambda: check_folder(folder, cfg, resume))
+    m = Member(cfg, parts or build_parts(cfg), folder)
     if from_checkpoint:
-        start_epoch, step = _resume(p, ckpt_dir, world, str(run_dir))
+        m.start_epoch, m.step = _resume(m.parts, folder.checkpoint_dir, world, str(folder.path))
+    open_member(m, world, purge_step=m.step if m.step else None)
+    try:
+        for epoch in range(m.start_epoch, cfg.train.epochs):
+            res = start_epoch(m, epoch)
+            [stats] = train_members([m], f"epoch {epoch + 1}/{cfg.train.epochs} {m.parts.level}")
+            end_epoch(m, epoch, res, stats, world)
+    finally:
+        if m.log is not None:
+            m.log.close()
+    return finish(m, world)
 
-    def record() -> None:  # rank 0, before anything in the folder is rewritten
-        _record_or_check_dataset(folder, cfg.data.path)
-        provenance.record(run_dir, cfg, {"level": p.level, "device": str(p.device), **(
+
+def check_folder(folder: RunFolder, cfg: RunConfig, resume: bool) -> bool:
+    """Rank 0, before anything is built: the folder may take this run. True = there is a checkpoint to resume
+    from."""
+    folder.refuse_unless_resume(resume)
+    if resume:
+        _check_resume_config(folder, cfg)
+    return bool(resume and folder.checkpoints())
+
+
+def open_member(m: Member, world: World, purge_step: int | None) -> None:
+    """Rank 0, before anything in the folder is rewritten: dataset.json, config and provenance; then the log
+    (records after `m.start_epoch` dropped: they are redone)."""
+    p = m.parts
+
+    def record() -> None:
+        _record_or_check_dataset(m.folder, m.cfg.data.path)
+        provenance.record(m.folder.path, m.cfg, {"level": p.level, "device": str(p.device), **(
             {"world_size": world.size} if world.distributed else {})})
 
     world.on_main(record)
-    log = RunLog(run_dir, start_epoch=start_epoch, purge_step=step if step else None) if world.is_main else None
-    result: dict = {}
-    try:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            res = resolution_at(epoch, cfg.data.resolution, cfg.train.progressive)
-            p.train_loader.set_resolution(res)
-            p.train_loader.set_epoch(epoch)
+    if world.is_main:
+        m.log = RunLog(m.folder.path, start_epoch=m.start_epoch, purge_step=purge_step)
 
-            def set_lr(s: int) -> float:
-                return p.schedule.apply(p.optimizer, s)
 
-            step, stats = train_epoch(
-                forward=p.step_forward, optimizer=p.optimizer, objective=p.objective,
-                batches=GpuBatches(p.train_loader, p.train_augment), set_lr=set_lr, step=step,
-                precision=p.precision, desc=f"epoch {epoch + 1}/{cfg.train.epochs} {p.level}")
-            record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "resolution": res,
-                                      "lr": p.schedule.lr_at(max(step - 1, 0)), "train_loss": stats.loss,
-                                      "train_acc1": stats.acc1, "images_per_second": stats.images_per_second,
-                                      "data_wait_fraction": stats.wait_fraction,
-                                      "epoch_seconds": stats.seconds, "memory_mb": _memory_mb(p.device)}
-            last_epoch = epoch + 1 == cfg.train.epochs
-            if last_epoch or (epoch + 1) % cfg.train.eval_every == 0:
-                p.model.eval()
-                ev = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
-                              level=p.level, precision=p.precision, loss_fn=p.loss_fn, objective=p.objective,
-                              desc="eval")
-                p.model.train()
-                record.update({f"val/{k}": v for k, v in ev.items()})
-                result = ev
-            if not math.isfinite(stats.loss):
-                raise FloatingPointError(f"training loss is {stats.loss} at epoch {epoch + 1}; lower optim.lr")
-            if log is not None:
-                log.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
-                log.epoch(record)
-            if last_epoch or (epoch + 1) % cfg.train.checkpoint_every == 0:
-                _save(p, ckpt_dir / f"epoch{epoch + 1:04d}.pt", step, epoch + 1, cfg.train.keep_checkpoints, world)
-            if world.is_main:
-                print(_summary(record, p.level), flush=True)
-    finally:
-        if log is not None:
-            log.close()
-    if not result:  # resumed after the last epoch's checkpoint: evaluate the final weights
-        p.model.eval()
-        result = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
-                          level=p.level, precision=p.precision, loss_fn=p.loss_fn, objective=p.objective)
-    final = {"level": p.level, "epochs": cfg.train.epochs, **result}
-    world.on_main(lambda: provenance.write_atomic(folder.result_file, json.dumps(final, indent=1) + "\n"))
+def start_epoch(m: Member, epoch: int) -> int:
+    """Sets the training loader and the device stage's draws to `epoch`; returns the epoch's resolution."""
+    p, cfg = m.parts, m.cfg
+    res = resolution_at(epoch, cfg.data.resolution, cfg.train.progressive)
+    p.train_loader.set_resolution(res)
+    p.train_loader.set_epoch(epoch)
+    if p.train_rng is not None:
+        p.train_rng.set_epoch(epoch)
+    return res
+
+
+def train_members(members: list[Member], desc: str) -> list[EpochStats]:
+    """One epoch of the members' shared training loader (the first member's), each batch through the device stage
+    once and then through every member's model; each member's step counter advances."""
+    trainers = []
+    for m in members:
+        p = m.parts
+        trainers.append(Trainer(forward=p.step_forward, optimizer=p.optimizer, objective=p.objective,
+                                set_lr=functools.partial(p.schedule.apply, p.optimizer), step=m.step,
+                                precision=p.precision, rng=m.rng))
+    p0 = members[0].parts
+    stats = run_epoch(trainers, GpuBatches(p0.train_loader, p0.train_augment), desc=desc)
+    for m, t in zip(members, trainers):
+        m.step = t.step
+    return stats
+
+
+def end_epoch(m: Member, epoch: int, res: int, stats: EpochStats, world: World, prune: bool = True) -> bool:
+    """The member's epoch record, evaluation when due, log line, checkpoint when due (pruned to the newest
+    train.keep_checkpoints unless `prune` is False) and summary line. Returns whether it saved a checkpoint."""
+    p, cfg, step = m.parts, m.cfg, m.step
+    with m.rng:
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "resolution": res,
+                                  "lr": p.schedule.lr_at(max(step - 1, 0)), "train_loss": stats.loss,
+                                  "train_acc1": stats.acc1, "images_per_second": stats.images_per_second,
+                                  "data_wait_fraction": stats.wait_fraction,
+                                  "epoch_seconds": stats.seconds, "memory_mb": _memory_mb(p.device)}
+        last_epoch = epoch + 1 == cfg.train.epochs
+        if last_epoch or (epoch + 1) % cfg.train.eval_every == 0:
+            p.model.eval()
+            ev = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
+                          level=p.level, precision=p.precision, loss_fn=p.loss_fn, objective=p.objective,
+                          desc="eval")
+            p.model.train()
+            record.update({f"val/{k}": v for k, v in ev.items()})
+            m.result = ev
+        if not math.isfinite(stats.loss):
+            raise FloatingPointError(f"training loss is {stats.loss} at epoch {epoch + 1}"
+                                     f"{f' of {m.folder.path}' if m.label else ''}; lower optim.lr")
+        if m.log is not None:
+            m.log.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
+            m.log.epoch(record)
+        save = last_epoch or (epoch + 1) % cfg.train.checkpoint_every == 0
+        if save:
+            _save(p, m.folder.checkpoint_dir / f"epoch{epoch + 1:04d}.pt", step, epoch + 1,
+                  cfg.train.keep_checkpoints if prune else 0, world)
+    if world.is_main:
+        print(f"{m.label}{_summary(record, p.level)}", flush=True)
+    return save
+
+
+def finish(m: Member, world: World) -> dict:
+    """The final evaluation (the last epoch's, or of the final weights when resumed after the last checkpoint);
+    rank 0 writes result.json."""
+    p = m.parts
+    result = m.result
+    if not result:
+        with m.rng:
+            p.model.eval()
+            result = evaluate(forward=p.forward, loader=p.val_loader, augment=p.val_augment, hierarchy=p.hierarchy,
+                              level=p.level, precision=p.precision, loss_fn=p.loss_fn, objective=p.objective)
+    final = {"level": p.level, "epochs": m.cfg.train.epochs, **result}
+    world.on_main(lambda: provenance.write_atomic(m.folder.result_file, json.dumps(final, indent=1) + "\n"))
     return final
 
 
@@ -167,7 +231,7 @@ def _resume(p: Parts, ckpt_dir: Path, world: World, what: str) -> tuple[int, int
 
 def _save(p: Parts, path: Path, step: int, epoch: int, keep: int, world: World) -> None:
     """Rank 0 writes the checkpoint (the unwrapped model), with every rank's RNG state for an exact resume at this
-    world size, and prunes old ones."""
+    world size, and prunes old ones to the newest `keep` (0: none pruned)."""
     extra: dict[str, Any] = {"level": p.level, "world_size": world.size}
     if world.distributed:
         import torch.distributed as dist
@@ -178,12 +242,13 @@ def _save(p: Parts, path: Path, step: int, epoch: int, keep: int, world: World) 
 
     def write() -> None:
         checkpoint.save(path, model=p.model, optimizer=p.optimizer, step=step, epoch=epoch, extra=extra)
-        _prune(path.parent, keep)
+        if keep:
+            prune(path.parent, keep)
 
     world.on_main(write)
 
 
-def _prune(ckpt_dir: Path, keep: int) -> None:
+def prune(ckpt_dir: Path, keep: int) -> None:
     files = sorted(ckpt_dir.glob("epoch*.pt"))
     for f in files[:-max(keep, 1)]:
         f.unlink(missing_ok=True)
