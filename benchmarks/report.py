@@ -17,6 +17,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "conversion": tables.conversion_table,
     "sweep_rerun": tables.sweep_rerun_table,
     "distributed": tables.distributed_table,
+    "fused": tables.fused_table,
 }
 
 
@@ -72,9 +73,19 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
 
     out += ["## How to run on the lent GPU", "",
             "The device tool copies the working tree plus the carried `.gpu-bundle` (made by "
-            "`/work/shared/device/make-gpu-bundle.sh`); on the GPU machine, from the repository root:", "",
-            "```bash", "source .gpu-bundle/activate && python -m benchmarks.run --device cuda", "```", "",
-            "This uses the `cuda` profile (9,216 images at 256 px, batch 256, all cores as loader workers, bf16 "
+            "`/work/shared/device/make-gpu-bundle.sh`). One command on the GPU machine, from the repository root, "
+            "runs every GPU row in under 10 minutes (the device tool's limit a command) and writes them into the "
+            "GPU section at the end of this file, keeping the CPU figures:", "",
+            "```bash",
+            "source .gpu-bundle/activate && python -m benchmarks.gpu_all --results $OUT/RESULTS.md "
+            "--json $OUT/results-gpu.json", "```", "",
+            "Its steps (benchmarks/gpu_all.py): the suite's synthetic data made on the machine, the loader rows and "
+            "the decode limit (JPEG decode on the GPU included), the training-step rows (bf16, channels_last, "
+            "torch.compile), `grainsweep train --nproc 1` on nccl, fused vs separate pretraining, then the other "
+            "storage; each under its own time cap (killed there, the other steps' figures kept), with half the "
+            "`cuda` profile's data and fewer repetitions (profile `gpu10`). Its dry run on the CPU: `python -m "
+            "benchmarks.gpu_all --device cpu --tiny --results R.md --json r.json`.", "",
+            "The full `cuda` profile: `python -m benchmarks.run --device cuda`. This uses the `cuda` profile (9,216 images at 256 px, batch 256, all cores as loader workers, bf16 "
             "and torch.compile as in `grainsweep train`), rebuilds the data under `data/bench/` (a few minutes "
             "on 16 cores) and rewrites this file; bring it back through `$OUT` "
             "(`... --results $OUT/RESULTS.md --json $OUT/results.json`). Under the device tool's 10-minute limit "
@@ -88,7 +99,8 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
             "One loader figure alone: "
             "`grainsweep bench loader --data data/bench/large-256px-64perleaf --res 224 --workers 16 "
             "--batch-size 256 --epochs 5 --device cuda`.", ""]
-    if not cuda:
-        out += ["**GPU figures: not measured yet.** Everything above ran on the CPU; the GPU targets (ResNet-50 "
-                ">= 95% of on-device throughput, MLP at 64 px not loader-bound) need the run above.", ""]
+    if not cuda:  # the section benchmarks/gpu_all.py fills (benchmarks.run keeps a filled one when rewriting)
+        from benchmarks.gpu_all import placeholder
+
+        out += [*placeholder(), ""]
     return "\n".join(out)

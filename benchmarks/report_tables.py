@@ -281,3 +281,42 @@ def distributed_table(results: dict[str, Any]) -> list[str]:
             "--set data.batch_size=1024 --set data.workers=$(( $(nproc) / 8 )) --set train.device=cuda",
             "```", ""]
     return out
+
+
+def fused_table(results: dict[str, Any]) -> list[str]:
+    """A seed's pretraining runs at K levels, fused (one loader) vs one after another."""
+    rows = results["fused"]
+    dev = results["device"]
+    out = ["## Fused pretraining: one loader for every level", "",
+           "The pretraining stage of a granularity sweep for one seed: its K level runs (same model, seed and data "
+           "settings; only data.level differs) trained one after another (`core.train.run.run` each, as the sweep "
+           "does without `fuse`) vs one fused job (`core.train.fused.run_fused`: each batch decoded and through the "
+           "device stage once, then through the K models). Wall time of all K runs in one process, each run "
+           "building its own model and loader as a sweep's job does (imports and process start excluded on both "
+           "sides); one warm-up of each side at one epoch not counted; repeats alternate which side goes first. "
+           "Data wait: the separate runs' share of epoch time spent waiting for batches (how loader-bound the "
+           "case is). Goal: >= 2x on the loader-bound case.", "",
+           f"| case | models | epochs | separate | fused | speed-up (medians) | speed-up per repeat | data wait "
+           "(separate) | load before/after |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["settings"]
+        wait = f"{r['separate_data_wait']['median']:.0%}" if r.get("separate_data_wait") else "-"
+        out.append(f"| {r['case']} | {s['models']} ({', '.join(r['levels'])}) | {s['epochs']} | "
+                   f"{_seconds(r['separate_seconds'])} | {_seconds(r['fused_seconds'])} | {r['speedup']:.2f}x | "
+                   f"{r['paired_speedup']['median']:.2f}x ({r['paired_speedup']['min']:.2f}-"
+                   f"{r['paired_speedup']['max']:.2f}) | {wait} | {_load(r)} |")
+    out.append("")
+    for r in rows:
+        s = r["settings"]
+        kw = ", ".join(f"{k} {v}" for k, v in s["model_kwargs"].items())
+        out.append(f"- {r['case']}: {s['model']}{f' ({kw})' if kw else ''}, {s['res']} px, batch {s['batch_size']}, "
+                   f"{s['workers']} decode threads, data.resident {str(s['resident']).lower()}, precision "
+                   f"{s['precision']}, compile {s['compile']}, on `{s['device']}`; data `{s['data']}`; "
+                   f"`{r['command']}`")
+    out.append("")
+    if not dev.startswith("cuda"):
+        out += [f"On the CPU the K models' compute shares the {results['machine']['cores_usable']} cores with the "
+                "decode threads: fusing saves K - 1 decodes of every epoch (and K - 1 loader starts), not the "
+                "models' work, so with decode time D and one model's time M an epoch the speed-up is about "
+                "K (D + M) / (D + K M): near K only where decoding dominates.", ""]
+    return out

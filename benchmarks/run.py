@@ -35,8 +35,8 @@ def default_workers() -> int:
 
 def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, only: tuple[str, ...],
               log=print) -> dict[str, Any]:
-    from benchmarks import (conversion, decode_limit, device_decode, distributed, loader, storage, suite_data,
-                            sweep_rerun, torchvision_loader, train_step)
+    from benchmarks import (conversion, decode_limit, device_decode, distributed, fused, loader, storage,
+                            suite_data, sweep_rerun, torchvision_loader, train_step)
     from benchmarks.measure import load_average, machine, versions
 
     results: dict[str, Any] = {"machine": machine(), "versions": versions(), "device": device,
@@ -119,6 +119,10 @@ def run_suite(*, device: str, profile: Profile, workers: int, data_root: Path, o
             epochs=d.epochs, world_sizes=d.world_sizes, runs=d.runs, device=device,
             model_kwargs=d.train.model_kwargs or None, log=log)
 
+    if "fused" in only:
+        results["fused"] = [fused.measure_case(case, suite_beton=data.beton_dir, data_root=data_root, device=device,
+                                               workers=workers, log=log) for case in profile.fused]
+
     results["load_average_end"] = load_average()
     results["suite_seconds"] = time.perf_counter() - t_start
     return results
@@ -138,11 +142,27 @@ def merge(results: dict[str, Any], earlier: dict[str, Any], only: tuple[str, ...
     results["suite_seconds"] += earlier.get("suite_seconds", 0.0)
 
 
+def write_report(path: Path, text: str) -> None:
+    """Writes RESULTS.md, keeping the GPU section benchmarks/gpu_all.py spliced into the file already there."""
+    from benchmarks.gpu_all import gpu_block, splice
+
+    if path.is_file():
+        old = gpu_block(path.read_text())
+        if old is not None:
+            text = splice(text, old)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (for tests)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                   help="settings of benchmarks/profiles.py (default: quick with --quick, else the device's)")
     p.add_argument("--workers", type=int, default=0, help="loader workers; 0 = the usable CPU cores")
     p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
     p.add_argument("--data-root", default=str(REPO / "data" / "bench"), help="where the suite's data is built")
@@ -160,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}")
     if args.render_only:
         results = json.loads(Path(args.json).read_text())
-        Path(args.results).write_text(render(results, results["command"], results.get("quick", False)))
+        write_report(Path(args.results), render(results, results["command"], results.get("quick", False)))
         print(f"wrote {args.results} from {args.json}")
         return 0
-    profile = PROFILES["quick" if args.quick else args.device]
+    args.quick = args.quick or args.profile == "quick"
+    profile = PROFILES[args.profile or ("quick" if args.quick else args.device)]
     workers = args.workers or default_workers()
     if args.quick:
         workers = min(workers, 2)
@@ -184,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge and Path(args.json).is_file():
         merge(results, json.loads(Path(args.json).read_text()), only)
     command = results["command"]
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(render(results, command, args.quick))
+    write_report(Path(args.results), render(results, command, args.quick))
     Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.results} and {args.json}")
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import gpu_all
 from benchmarks import loader as loader_bench
 from benchmarks import profiles
 from benchmarks import report as bench_report
@@ -86,6 +87,21 @@ def test_bench_loader_cuda_without_cuda_is_a_one_line_error(tiny_dataset, capsys
     assert "no CUDA device" in capsys.readouterr().err
 
 
+def test_bench_fused_cli_times_both_sides_and_prints_json(tiny_dataset, capsys):
+    rc = cli.main(["bench", "fused", "--data", str(tiny_dataset), "--repeats", "1", "--no-warmup",
+                   "--levels", "subclass,superclass", "--set", "model.name=bmlp",
+                   "--set", "model.kwargs={depth: 1, width: 8}", "--set", "data.resolution=16",
+                   "--set", "data.batch_size=16", "--set", "data.workers=1", "--set", "train.epochs=1",
+                   "--set", "optim.warmup_epochs=0", "--set", "train.device=cpu"])
+    assert rc == 0
+    out = _last_json_line(capsys.readouterr().out)
+    assert out["levels"] == ["subclass", "superclass"] and out["settings"]["models"] == 2
+    for side in ("separate_seconds", "fused_seconds"):
+        assert len(out[side]["runs"]) == 1 and out[side]["median"] > 0
+    assert set(out["final_acc1"]) == {"separate", "fused"}
+    assert out["command"].startswith("grainsweep bench fused --data")
+
+
 def test_summary_median_and_spread():
     s = summary([1.0, 3.0, 2.0])
     assert (s["median"], s["min"], s["max"]) == (2.0, 1.0, 3.0)
@@ -126,12 +142,16 @@ def test_quick_suite_writes_results_of_every_benchmark(tmp_path):
     for row in dist["rows"]:
         assert row["images_per_second"] > 0 and row["command"].startswith("grainsweep train")
         assert row["command"].endswith(f"--nproc {row['world_size']}")
+    for row in raw["fused"]:
+        assert len(row["levels"]) == row["settings"]["models"] >= 2
+        assert row["separate_seconds"]["median"] > 0 and row["fused_seconds"]["median"] > 0 and row["speedup"] > 0
     assert raw["omp"]["applied"] is False  # torch was loaded before main(): the spin count cannot apply
     text = results.read_text()
     for heading in ("## Machine and versions", "## Loader vs torchvision DataLoader",
                     "## Loader vs the decode limit", "## The loader on other storage",
                     "## Training with the real loader", "## Conversion",
                     "## Sweep rerun", "## Training on several processes", "grainsweep train --nproc 8",
+                    "## Fused pretraining",
                     "## How to run on the lent GPU"):
         assert heading in text
     assert "not measured yet" in text and "Quick mode" in text
@@ -171,3 +191,31 @@ def test_sweep_rerun_settings_form_a_valid_sweep_and_bad_arguments_fail_fast(tmp
         sweep_rerun.measure_sweep_rerun(tmp_path / "r", reruns=0)
     assert sweep_rerun.main(["first-step"]) == 2 and "usage" in capsys.readouterr().err
 
+
+
+def test_gpu_all_dry_run_keeps_the_cpu_figures_and_the_figures_of_steps_that_finished(tmp_path, capsys):
+    results, raw = tmp_path / "RESULTS.md", tmp_path / "results-gpu.json"
+    results.write_text("# Benchmark results\n\nCPU figures\n\n" + "\n".join(gpu_all.placeholder()) + "\n")
+    # the distributed step is killed at its 1 s cap: its figures are lost, the loader's kept, the run says so
+    rc = gpu_all.main(["--device", "cpu", "--tiny", "--steps", "loader,distributed", "--cap", "distributed=1",
+                       "--results", str(results), "--json", str(raw), "--data-root", str(tmp_path / "data")])
+    assert rc == 1
+    data = json.loads(raw.read_text())
+    assert data["loader_vs_torchvision"] and "distributed" not in data
+    assert [(s["step"], s["status"]) for s in data["gpu_all_steps"]] == [("loader", "done"),
+                                                                          ("distributed", "timed out (killed)")]
+    text = results.read_text()
+    assert text.startswith("# Benchmark results\n\nCPU figures") and "not measured yet" not in text
+    assert text.count(gpu_all.START) == 1 and "| distributed | distributed | timed out (killed) |" in text
+    assert "### Loader vs torchvision DataLoader" in text
+    # a later CPU report keeps the GPU section
+    cpu = tmp_path / "cpu.json"
+    cpu.write_text(json.dumps({**data, "device": "cpu"}))
+    assert bench_run.main(["--render-only", "--results", str(results), "--json", str(cpu)]) == 0
+    assert gpu_all.gpu_block(results.read_text()) == gpu_all.gpu_block(text)
+
+
+def test_gpu_all_refuses_bad_steps_and_caps():
+    for argv in (["--steps", "nope"], ["--cap", "loader"], ["--cap", "nope=3"]):
+        with pytest.raises(SystemExit):
+            gpu_all.main(["--device", "cpu", *argv])
