@@ -56,11 +56,16 @@ def tree_mtimes(folder: Path) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory):
+def data(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("fuse") / "data"
+    planlib.prepare(small_sweep(data))  # converts the tiny preset
+    return data
+
+
+@pytest.fixture(scope="module")
+def sweeps(data):
     """The same sweep twice, both with the local executor in-process: without fuse, and fused."""
-    root = tmp_path_factory.mktemp("fuse")
-    data = root / "data"
-    planlib.prepare(small_sweep(data))
+    root = data.parent
     sep_plan, _ = sweep.run_sweep(small_sweep(data), root / "sep", executor="local")
     cfg = small_sweep(data, "fuse.levels=true")
     fused_plan, recs = sweep.run_sweep(cfg, root / "fused", executor="local")
@@ -122,24 +127,42 @@ def test_rerun_trains_only_the_unfinished_members_in_one_slots_child(sweeps, cap
     assert {r["state"] for r in status.job_states(fused.sweep_dir)} == {"done"}
 
 
-def test_plan_groups_by_seed_and_max_models(sweeps, tmp_path):
-    data, _, _, _ = sweeps
-    cfg = small_sweep(data, "seeds=[0, 1]", "fuse={levels: true, max_models: 2}", "multilevel.enabled=true")
+def test_plan_groups_by_seed_and_max_models(data, tmp_path):
+    arms = ("seeds=[0, 1]", "multilevel.enabled=true", "hierarchies={enabled: true, random: {groups: [2]}}")
+    cfg = small_sweep(data, *arms, "fuse={levels: true, max_models: 3}")
+    planlib.prepare(cfg)  # derives the random level into the dataset folder
     plan = planlib.plan_sweep(cfg, tmp_path / "p")
-    plain = planlib.plan_sweep(small_sweep(data, "seeds=[0, 1]", "multilevel.enabled=true"), tmp_path / "p")
-    assert [j.name for j in plan.jobs] == [j.name for j in plain.jobs]
+    plain = planlib.plan_sweep(small_sweep(data, *arms), tmp_path / "p")
+    assert [j.name for j in plan.jobs] == [j.name for j in plain.jobs]  # fuse does not rename runs
     found = fuse.groups(plan.jobs)
-    assert sorted(len(m) for m in found.values()) == [2, 2]  # 3 levels: 2 fused + 1 alone, per seed
+    # per seed: 3 taxonomy levels + the random control = 4 runs, cut by max_models into 3 + 1 (no group of one)
+    assert sorted(len(m) for m in found.values()) == [3, 3]
     for name, members in found.items():
-        assert {m.seed for m in members} == {int(name.split("-s")[1].split("-")[0])}
-        assert all(m.kind == "pretrain" and m.arm == "" for m in members)  # multilevel: another objective
-    grouped = {m.name for ms in found.values() for m in ms}
-    assert len([j for j in plan.stage(1) if j.kind == "pretrain" and j.name not in grouped]) == 4  # 2 + multilevel
+        assert len({m.seed for m in members}) == 1 and name.startswith(f"fused-s{members[0].seed}-")
+        assert all(m.kind == "pretrain" and m.arm in ("", "random") for m in members)
+    alone = [j for j in plan.stage(1) if j.kind == "pretrain" and not j.group]
+    assert sorted(j.arm for j in alone) == ["multilevel", "multilevel", "random", "random"]  # another objective
+    cfg4 = small_sweep(data, *arms, "fuse.levels=true")  # no cap: a seed's 4 runs in one job
+    assert sorted(len(m) for m in fuse.groups(planlib.plan_sweep(cfg4, tmp_path / "p").jobs).values()) == [4, 4]
     plan.save()
-    back = planlib.load_plan(tmp_path / "p")
-    assert [j.group for j in back.jobs] == [j.group for j in plan.jobs]
+    assert [j.group for j in planlib.load_plan(tmp_path / "p").jobs] == [j.group for j in plan.jobs]
     text = sweep.dry_run(cfg, tmp_path / "p", executor="local")[1]
-    assert all(name in text for name in found)
+    assert all(name in text for name in found) and "fused: 6 pretraining runs in 2 jobs" in text
+
+
+def test_a_group_splits_where_the_device_memory_is_short(data, tmp_path):
+    from core.train.fused import estimate_bytes
+
+    plan = planlib.plan_sweep(small_sweep(data, "fuse.levels=true"), tmp_path / "p")
+    (_, members), = fuse.groups(plan.jobs).items()
+    cfgs = [m.config for m in members]
+    two = estimate_bytes(cfgs[:2])
+    assert estimate_bytes(cfgs) > two > estimate_bytes(cfgs[:1]) > 0
+    assert fuse.split(cfgs, two, estimate_bytes) == [cfgs[:2], cfgs[2:]]
+    assert fuse.split(cfgs, estimate_bytes(cfgs), estimate_bytes) == [cfgs]
+    assert fuse.split(cfgs, 1, estimate_bytes) == [[c] for c in cfgs]  # a model too large alone still runs
+    budget, where = fuse.device_bytes(cfgs[0])
+    assert budget > 0 and where.startswith("RAM")
 
 
 @pytest.mark.parametrize("value, message", [("0", "fuse.max_models must be >= 1, got 0"),
