@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from core.format import config as cfglib
 from launch import arms
@@ -163,18 +163,7 @@ def device_bytes(cfg: RunConfig) -> tuple[int, str]:
 
 
 def _core() -> tuple[Callable[[list[RunConfig]], int], Callable[..., list[dict]]]:
-    """core.train.fused's estimate_bytes and run_fused."""
-    try:
-        from core.train.fused import estimate_bytes, run_fused
-    except ImportError:  # TEMPORARY: until core/train/fused.py lands, the members one after the other
-        from core.train import run as train_run
+    """core.train.fused's estimate_bytes and run_fused (torch: imported when a job runs, not when planning)."""
+    from core.train.fused import estimate_bytes, run_fused
 
-        def estimate_bytes(cfgs: list[Any]) -> int:
-            return 0
-
-        def run_fused(cfgs: list[Any], run_dirs: list[Any], resume: bool = False) -> list[dict]:
-            from core.format.run_folder import RunFolder
-
-            return [RunFolder(d).result() if RunFolder(d).is_done() else train_run.run(c, d, resume=resume)
-                    for c, d in zip(cfgs, run_dirs)]
     return estimate_bytes, run_fused

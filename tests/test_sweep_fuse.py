@@ -1,13 +1,14 @@
 """Fused sweeps (`fuse.levels`, launch/fuse.py): a seed's pretraining runs at several levels train as one job, yet
 every run keeps its own folder; the report is the one of the same sweep without fuse; a rerun trains only the
 members that are not done; the slots executor runs a group as one child; planning groups by seed and
-max_models; config errors name the key."""
+max_models; config errors name the key; on SLURM a group is one array task that its runs' transfers wait for."""
 
 from __future__ import annotations
 
 import csv
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from launch import fuse, report, status, sweep, sweep_config
 from launch import plan as planlib
 from launch.executors import records
 from launch.jobs import read_starts
+from tests.slurm_cluster import slurm_cluster  # noqa: F401
 
 
 def small_sweep(data: Path, *sets: str) -> sweep_config.SweepConfig:
@@ -170,3 +172,25 @@ def test_a_group_splits_where_the_device_memory_is_short(data, tmp_path):
 def test_bad_fuse_config_names_the_key(value, message):
     with pytest.raises(cfglib.ConfigError, match=message.replace(".", r"\.")):
         sweep_config.load(None, ["fuse.levels=true", f"fuse.max_models={value}"])
+
+
+def test_fused_sweep_on_slurm_is_one_task_per_group(slurm_cluster, data, tmp_path):  # noqa: F811
+    cfg = small_sweep(data, "fuse.levels=true",
+                      f"executor.slurm={{partition: {slurm_cluster.partition}, cpus_per_task: 1, timeout_min: 30}}")
+    out = tmp_path / "sw"
+    plan, recs = sweep.run_sweep(cfg, out, executor="slurm")
+    ids = [jid for rec in recs for jid in rec["jobs"].values()]
+    try:
+        (name, members), = fuse.groups(plan.jobs).items()
+        s1, s2 = recs  # stage 2: one array, every transfer after the group's task
+        task = s1["groups"][name]
+        assert s1["jobs"] == {m.name: task for m in members}
+        assert s2["dependency"] == f"afterok:{task}" and len(s2["jobs"]) == len(plan.stage(2))
+        rows = status.wait(out, timeout_s=480, poll_s=1.0)
+        assert [r["state"] for r in rows] == ["done"] * len(plan.jobs), status.format_table(rows)
+        assert {r["job_id"] for r in rows if r["name"] in s1["jobs"]} == {task}
+    finally:
+        subprocess.run(["scancel", *ids], capture_output=True)
+    assert {read_starts(m)[0]["job_id"] for m in members} == {read_starts(members[0])[0]["job_id"]}
+    for t in plan.stage(2):  # afterok on the group: after its last member finished
+        assert read_starts(t)[0]["time"] >= max(Path(m.run_dir, "result.json").stat().st_mtime for m in members) - 1
