@@ -30,7 +30,8 @@ from core.format import config as cfglib
 from core.format.lock import FolderLock
 from core.format.run_folder import RunFolder
 from core.train.distributed import World, current, init_from_env
-from core.train.parts import _per_rank_batch, build_parts, build_train_data, check_data
+from core.format import derived as derived_lib
+from core.train.parts import _per_rank_batch, build_parts, build_train_data, build_val_loader, check_data
 from core.train.run import (Member, _flatten, _resume, check_folder, end_epoch, finish, open_member, prune,
                             start_epoch, train_members)
 from core.train.run_config import RunConfig, RunConfigError, absolute_data_path
@@ -81,15 +82,23 @@ def _run_fused(cfgs: list[RunConfig], folders: list[RunFolder], resume: bool, wo
         return results
     world.on_main(lambda: [check_folder(folders[i], cfgs[i], resume) for i in todo])
 
-    # one training loader and device stage for every member, serving the union of their label columns
-    levels: list[str] = []
-    for i in todo:
-        h, level = check_data(cfgs[i])
-        levels += [lv for lv in build_objective(cfgs[i], h, level).train_levels if lv not in levels]
-    data = build_train_data(cfgs[todo[0]], levels)
+    # one training loader and device stage for every member, serving the union of their label columns; one
+    # validation loader per validation beton (a derived level may be evaluated on another: core.format.derived)
+    data = {i: check_data(cfgs[i]) for i in todo}  # (hierarchy, level)
+    train_levels: list[str] = []
+    val_levels: dict[str, list[str]] = {}
+    for i, (h, level) in data.items():
+        train_levels += [lv for lv in build_objective(cfgs[i], h, level).train_levels if lv not in train_levels]
+        wanted = val_levels.setdefault(_val_beton(cfgs[i], level), [])
+        wanted += [lv for lv in h.names[h.index(level):] if lv not in wanted]
+    train = build_train_data(cfgs[todo[0]], train_levels)
+    val = {}
+    for i, (_, level) in data.items():
+        if (beton := _val_beton(cfgs[i], level)) not in val:
+            val[beton] = build_val_loader(cfgs[i], level, val_levels[beton])
     members = []
-    for i in todo:
-        parts = build_parts(cfgs[i], train_data=data)
+    for i, (_, level) in data.items():
+        parts = build_parts(cfgs[i], train_data=train, val_loader=val[_val_beton(cfgs[i], level)])
         members.append(Member(cfgs[i], parts, folders[i], rng=RngStream.capture(parts.device),
                               label=f"{parts.level}: "))
     if resume:
@@ -144,6 +153,10 @@ def _keep_common(folders: list[RunFolder], limit: int | None) -> int:
                       f"({common}); that epoch is redone", flush=True)
                 p.unlink(missing_ok=True)
     return common
+
+
+def _val_beton(cfg: RunConfig, level: str) -> str:
+    return derived_lib.eval_beton(Path(cfg.data.path), level)
 
 
 def _epoch_of(path: Path) -> int:

@@ -167,10 +167,21 @@ def build_train_data(cfg: RunConfig, levels: list[str]) -> TrainData:
     return TrainData(train_loader, augment, rng)
 
 
-def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
-                objective: Objective | None = None, train_data: TrainData | None = None) -> Parts:
+def build_val_loader(cfg: RunConfig, level: str, levels: list[str]) -> BatchSource:
+    """The validation loader of a run at `level` (the whole set, in order), serving label columns `levels`."""
+    data = Path(cfg.data.path)
+    val_beton = data / derived_lib.eval_beton(data, level)  # val.beton but for a level that labels no val sample
+    extras = ["hard"] if "hard" in beton_columns(val_beton) else []
+    return build_run_loader(cfg, val_beton, split="val", batch_size=cfg.data.val_batch_size, levels=levels,
+                            resolution=cfg.data.val_resolution or cfg.data.resolution, order="sequential",
+                            drop_last=False, extra_columns=extras, seed=cfg.train.seed, device=_device_of(cfg)[0])
+
+
+def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None, objective: Objective | None = None,
+                train_data: TrainData | None = None, val_loader: BatchSource | None = None) -> Parts:
     """The run's objects. `model` / `objective` replace the config's (a transfer's model; a multi-head loss);
-    `train_data` replaces the training loader and device stage (one shared by the runs of a fused job).
+    `train_data` and `val_loader` replace the loaders and the training device stage (the ones a fused job's runs
+    share: core/train/fused.py).
 
     Without them, both follow `train.objective` (core/train/semantic_softmax.py): a single-head model and cross-entropy,
     or one head per level and the semantic softmax."""
@@ -206,16 +217,15 @@ def build_parts(cfg: RunConfig, model: torch.nn.Module | None = None,
             forward, device_ids=[device.index] if device.type == "cuda" else None)
 
     # data
-    val_beton = data / derived_lib.eval_beton(data, level)  # val.beton but for a level that labels no val sample
-    extras = ["hard"] if "hard" in beton_columns(val_beton) else []
     if train_data is None:
         train_data = build_train_data(cfg, list(objective.train_levels))
     elif missing := [lv for lv in objective.train_levels if lv not in train_data.loader.levels]:
         raise ValueError(f"the shared training loader serves {train_data.loader.levels}, not {missing}")
-    val_loader = build_run_loader(cfg, val_beton, split="val", batch_size=cfg.data.val_batch_size,
-                                  levels=h.names[h.index(level):], resolution=cfg.data.val_resolution or
-                                  cfg.data.resolution, order="sequential", drop_last=False, extra_columns=extras,
-                                  seed=cfg.train.seed, device=device)
+    val_levels = h.names[h.index(level):]  # the level and every coarser one
+    if val_loader is None:
+        val_loader = build_val_loader(cfg, level, val_levels)
+    elif missing := [lv for lv in val_levels if lv not in val_loader.levels]:
+        raise ValueError(f"the shared validation loader serves {val_loader.levels}, not {missing}")
     val_augment = GpuAugment(device=device, dtype=precision.dtype or torch.float32, flip=False, compile=use_compile,
                              rng=RngStream(device, seed=cfg.train.seed))  # draws unused: kept off the global ones
 
