@@ -71,7 +71,8 @@ class Trainer:
             self.loss_sum = self.loss_sum.to(loss.device) + loss.detach().double() * x.shape[0]
             self.correct = self.correct.to(loss.device) + (objective.logits(output).argmax(1) == hard).sum()
         self.seen += x.shape[0]
-        self.scored += hard.shape[0]  # fewer than seen when the batch also holds other rows (core/methods/select_heads.py)
+        self.scored += hard.shape[0]  # fewer than seen when the batch also holds other rows
+        # (core/methods/select_heads.py)
         self.step += 1
         if self.on_step is not None:
             self.on_step(self.step, {"lr": lr})

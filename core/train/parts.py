@@ -150,9 +150,9 @@ def build_train_data(cfg: RunConfig, levels: list[str]) -> TrainData:
     come from a stream of their own seeded by train.seed and the epoch."""
     data = Path(cfg.data.path)
     device, precision, use_compile = _device_of(cfg)
-    train_loader = build_run_loader(cfg, data / "train.beton", split="train", batch_size=_per_rank_batch(cfg, current()),
-                                    levels=levels, resolution=resolution_at(0, cfg.data.resolution,
-                                                                            cfg.train.progressive),
+    start_res = resolution_at(0, cfg.data.resolution, cfg.train.progressive)
+    train_loader = build_run_loader(cfg, data / "train.beton", split="train",
+                                    batch_size=_per_rank_batch(cfg, current()), levels=levels, resolution=start_res,
                                     order=cfg.data.order, drop_last=True, scale=cfg.data.scale,
                                     seed=cfg.train.seed, device=device)
     if len(train_loader) == 0:
