@@ -175,7 +175,8 @@ def test_bad_fuse_config_names_the_key(value, message):
 
 
 def test_fused_sweep_on_slurm_is_one_task_per_group(slurm_cluster, data, tmp_path):  # noqa: F811
-    cfg = small_sweep(data, "fuse.levels=true",
+    # two levels: the node's two CPUs run both transfers at once
+    cfg = small_sweep(data, "fuse.levels=true", "pretrain_levels=[class, superclass]",
                       f"executor.slurm={{partition: {slurm_cluster.partition}, cpus_per_task: 1, timeout_min: 30}}")
     out = tmp_path / "sw"
     plan, recs = sweep.run_sweep(cfg, out, executor="slurm")
