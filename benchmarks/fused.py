@@ -110,7 +110,7 @@ def measure_fused(data: str | Path, base, *, levels: list[str] | None = None, re
                 shutil.rmtree(dirs[0].parent)
     sep, fus = summary(seconds["separate"]), summary(seconds["fused"])
     pairs = [s / f for s, f in zip(seconds["separate"], seconds["fused"])]
-    acc = {side: {lv: res.get("acc1") for lv, res in zip(levels, out)} for side, out in finals.items()}
+    acc = {side: {lv: res.get(f"acc1/{lv}") for lv, res in zip(levels, out)} for side, out in finals.items()}
     return {"benchmark": "fused", "case": case, "levels": levels, "separate_seconds": sep, "fused_seconds": fus,
             "speedup": sep["median"] / fus["median"], "paired_speedup": summary(pairs),
             "separate_data_wait": summary(wait) if wait else None, "final_acc1": acc,

@@ -83,8 +83,8 @@ PROFILES: dict[str, Profile] = {
                    # width 32: ~3,000 img/s, 60% data wait, 2026-12-02); (b) the demo's CNN on the demo's data
                    fused=(FusedCase("bmlp at 64 px, JPEG (loader-bound)", "suite",
                                     ("model.name=bmlp", "model.kwargs={depth: 1, width: 32}", "data.resolution=64",
-                                     "data.batch_size=256", "train.epochs=4"), 3),
-                          FusedCase("the demo's CNN (resnet10t, 32 px, data.resident)", "demo", ("train.epochs=2",), 3))),
+                                     "data.batch_size=256", "train.epochs=8"), 3),
+                          FusedCase("the demo's CNN (data.resident)", "demo", ("train.epochs=2",), 3))),
     # one H100 + 16 cores: 9,216 images at 256 px, bf16 + torch.compile as `grainsweep train` on CUDA
     "cuda": Profile(preset="large", image_size=256, train_per_leaf=64, resolutions=(64, 160, 224), batch_size=256,
                     loader_epochs=5, decode_passes=5, conversion_runs=3, train_epochs=3,
@@ -99,7 +99,7 @@ PROFILES: dict[str, Profile] = {
                     fused=(FusedCase("bmlp-6-1024 at 64 px, JPEG (loader-bound)", "suite",
                                      ("model.name=bmlp", "data.resolution=64", "data.batch_size=256",
                                       "train.epochs=3"), 3),
-                           FusedCase("the demo's CNN (resnet10t, 32 px, data.resident)", "demo", ("train.epochs=4",),
+                           FusedCase("the demo's CNN (data.resident)", "demo", ("train.epochs=4",),
                                      3))),
     # benchmarks/gpu_all.py: every GPU row on one H100/H200 inside the device tool's 10 minutes a command (half the
     # 'cuda' data, fewer epochs and repeats; gpu_all gives each step its own time cap)
@@ -112,7 +112,7 @@ PROFILES: dict[str, Profile] = {
                      fused=(FusedCase("bmlp-6-1024 at 64 px, JPEG (loader-bound)", "suite",
                                       ("model.name=bmlp", "data.resolution=64", "data.batch_size=256",
                                        "train.epochs=2"), 2),
-                            FusedCase("the demo's CNN (resnet10t, 32 px, data.resident)", "demo", ("train.epochs=2",),
+                            FusedCase("the demo's CNN (data.resident)", "demo", ("train.epochs=2",),
                                       2))),
 }
 CPU_GOMP_SPINCOUNT = 100  # libgomp spin count of the cpu profile: libgomp's own when threads outnumber the cores

@@ -99,6 +99,7 @@ def test_bench_fused_cli_times_both_sides_and_prints_json(tiny_dataset, capsys):
     for side in ("separate_seconds", "fused_seconds"):
         assert len(out[side]["runs"]) == 1 and out[side]["median"] > 0
     assert set(out["final_acc1"]) == {"separate", "fused"}
+    assert all(0 <= a <= 1 for side in out["final_acc1"].values() for a in side.values())
     assert out["command"].startswith("grainsweep bench fused --data")
 
 
