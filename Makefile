@@ -52,8 +52,7 @@ demo: setup
 	$(VENV)/bin/grainsweep convert synthetic --preset default --set synthetic.image_size=24 --set synthetic.fine_size=0.4 \
 		--set 'synthetic.fine_strength=[0.8, 1.0]' --set synthetic.hard_common_strength=0.05 --out $(DEMO_DATA)
 	$(VENV)/bin/grainsweep tree $(DEMO_DATA)
-	# two jobs at once (executor.local.slots in launch/sweeps/default.yaml), one thread each
-	OMP_NUM_THREADS=1 $(VENV)/bin/grainsweep sweep default --executor local --report
+	$(VENV)/bin/grainsweep sweep default --executor local --report
 
 bench: setup
 	$(PY) -m benchmarks.run
