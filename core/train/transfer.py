@@ -21,6 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from core.format import config as cfglib, provenance
@@ -63,13 +64,16 @@ def transfer_config(source: str | Path, data: str | None, level: str,
     return cfglib.with_values(src, {**values, **(changes or {})})
 
 
-def build_transfer_model(source: str | Path, num_classes: int, mode: TransferMode) -> tuple[nn.Module, Path]:
-    """The source's network with its newest readable weights and a new `num_classes` head; frozen but the head
-    if linear. Returns (model, the checkpoint loaded)."""
+def build_transfer_model(source: str | Path, num_classes: int, mode: TransferMode,
+                         seed: int = 0) -> tuple[nn.Module, Path]:
+    """The source's network with its newest readable weights and a new `num_classes` head (initialised from
+    `seed`: the same in any process, whatever ran in it before); frozen but the head if linear. Returns (model,
+    the checkpoint loaded)."""
     if mode not in TRANSFER_MODES:
         raise RunConfigError(f"mode={mode!r}; choose from {list(TRANSFER_MODES)}")
     src = source_config(source)
     src_h, src_level = check_data(src)
+    torch.manual_seed(seed)
     model = build_run_model(src, src_h, src_level)
     last, _ = checkpoint.load_newest(RunFolder(source).checkpoint_dir, model=model, restore_rng=False,
                                      ignore=checkpoint.AUXILIARY_HEADS, what=f"--from {source}")
@@ -114,7 +118,7 @@ def _finetune(source: str | Path, cfg: RunConfig, out: str | Path, mode: Transfe
     world.on_main(lambda: folder.refuse_unless_resume(resume))
     out = folder.path
     h, level = check_data(cfg)
-    model, last = build_transfer_model(source, h.level(level).num_classes, mode)
+    model, last = build_transfer_model(source, h.level(level).num_classes, mode, cfg.train.seed)
     src_cfg = source_config(source)
     if (src_cfg.model.name, src_cfg.model.kwargs) != (cfg.model.name, cfg.model.kwargs):
         raise RunConfigError(f"model.name/model.kwargs must stay those of the source run "
