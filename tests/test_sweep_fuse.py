@@ -1,7 +1,8 @@
 """Fused sweeps (`fuse.levels`, launch/fuse.py): a seed's pretraining runs at several levels train as one job, yet
 every run keeps its own folder; the report is the one of the same sweep without fuse; a rerun trains only the
 members that are not done; the slots executor runs a group as one child; planning groups by seed and
-max_models; config errors name the key; on SLURM a group is one array task that its runs' transfers wait for."""
+max_models; config errors name the key; on SLURM a group is one array task that its runs' transfers wait for,
+requeued mid-training (as at a time limit) it resumes every member from its checkpoint."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from launch import fuse, report, status, sweep, sweep_config
 from launch import plan as planlib
 from launch.executors import records
 from launch.jobs import read_starts
-from tests.slurm_cluster import slurm_cluster  # noqa: F401
+from tests.slurm_cluster import job_field, slurm_cluster, wait_for  # noqa: F401
 
 
 def small_sweep(data: Path, *sets: str) -> sweep_config.SweepConfig:
@@ -174,24 +175,57 @@ def test_bad_fuse_config_names_the_key(value, message):
         sweep_config.load(None, ["fuse.levels=true", f"fuse.max_models={value}"])
 
 
-def test_fused_sweep_on_slurm_is_one_task_per_group(slurm_cluster, data, tmp_path):  # noqa: F811
-    # two levels: the node's two CPUs run both transfers at once
+def _epochs_logged(run_dir: str | Path) -> list[int]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(x)["epoch"] for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def test_fused_sweep_on_slurm_is_one_task_per_group_and_resumes_every_member_when_requeued(
+        slurm_cluster, data, tmp_path):  # noqa: F811
+    # two levels: the node's two CPUs run both transfers at once. The group's task is interrupted mid-training as
+    # SLURM does at a time limit (USR2; timeout_min=5 makes submitit read it as a timeout and requeue): every member
+    # must resume from its checkpoint. Far more epochs than can run between the 2nd epoch and the signal's handler
+    # (tests/test_sweep_slurm.py: with 10 a run once finished first)
+    epochs = 40
     cfg = small_sweep(data, "fuse.levels=true", "pretrain_levels=[class, superclass]",
-                      f"executor.slurm={{partition: {slurm_cluster.partition}, cpus_per_task: 1, timeout_min: 30}}")
+                      f"run.train={{epochs: {epochs}, eval_every: {epochs}}}",
+                      f"executor.slurm={{partition: {slurm_cluster.partition}, cpus_per_task: 1, timeout_min: 5}}")
     out = tmp_path / "sw"
     plan, recs = sweep.run_sweep(cfg, out, executor="slurm")
     ids = [jid for rec in recs for jid in rec["jobs"].values()]
+    (name, members), = fuse.groups(plan.jobs).items()
+    s1, s2 = recs  # stage 2: one array, every transfer after the group's task
+    task = s1["groups"][name]
+
+    def debug() -> str:
+        q = subprocess.run(["squeue", "-o", "%i %T %r"], capture_output=True, text=True).stdout
+        logs = [f"--- {p}\n" + p.read_text(errors="replace")[-2500:]
+                for p in sorted((out / "submitit").glob(f"{task.split('_')[0]}*/*_log.*"))]
+        return q + "\n".join(logs)
+
     try:
-        (name, members), = fuse.groups(plan.jobs).items()
-        s1, s2 = recs  # stage 2: one array, every transfer after the group's task
-        task = s1["groups"][name]
         assert s1["jobs"] == {m.name: task for m in members}
         assert s2["dependency"] == f"afterok:{task}" and len(s2["jobs"]) == len(plan.stage(2))
+        wait_for(lambda: all(len(_epochs_logged(m.run_dir)) >= 2 for m in members), 180,
+                 "two epochs of every member", debug)
+        assert len(_epochs_logged(members[0].run_dir)) < epochs, "the group finished before it could be interrupted"
+        res = subprocess.run(["scancel", task, "--signal", "USR2"], capture_output=True, text=True)
+        assert res.returncode == 0, (res.stderr, debug())
+        wait_for(lambda: job_field(task, "Restarts") not in ("", "0"), 60, "the requeue (Restarts >= 1)", debug)
         rows = status.wait(out, timeout_s=480, poll_s=1.0)
-        assert [r["state"] for r in rows] == ["done"] * len(plan.jobs), status.format_table(rows)
+        assert [r["state"] for r in rows] == ["done"] * len(plan.jobs), status.format_table(rows) + debug()
         assert {r["job_id"] for r in rows if r["name"] in s1["jobs"]} == {task}
     finally:
         subprocess.run(["scancel", *ids], capture_output=True)
-    assert {read_starts(m)[0]["job_id"] for m in members} == {read_starts(members[0])[0]["job_id"]}
+    for m in members:  # one job for the group, started twice; each member resumed from its own checkpoint
+        starts = read_starts(m)
+        assert len(starts) == 2, (m.name, starts)
+        assert starts[0]["resume"] is False and starts[0]["from_epoch"] == 0
+        assert starts[1]["resume"] is True and starts[1]["restart"] >= 1 and 2 <= starts[1]["from_epoch"] < epochs
+        # the group's task, not a job of its own (one task: submitit submits a plain job, no array id)
+        assert {s["array_job_id"] or s["job_id"] for s in starts} == {task.split("_")[0]}
+        # every epoch logged once (the epoch in flight at the signal is redone, its partial record dropped)
+        assert _epochs_logged(m.run_dir) == list(range(1, epochs + 1)), m.name
+        assert json.loads(Path(m.run_dir, "result.json").read_text())["epochs"] == epochs
     for t in plan.stage(2):  # afterok on the group: after its last member finished
         assert read_starts(t)[0]["time"] >= max(Path(m.run_dir, "result.json").stat().st_mtime for m in members) - 1
