@@ -22,7 +22,7 @@ SECTION = "hierarchies={enabled: true, kmeans_aligned: {k: [2]}, kmeans_misalign
           "per_sample: true}"
 LEVELS = {"kmeans_aligned": ("kmeans2_in_superclass_pixels", 4), "kmeans_misaligned": ("kmeans3_pixels", 3),
           "random": ("random6_seed0", 6), "per_sample": ("per_sample", 96)}
-SETS = ("pretrain_levels=[subclass]", "seeds=[0]", "scratch.enabled=false", "clustering.enabled=false",
+SETS = ("pretrain_levels=[subclass, class]", "seeds=[0]", "scratch.enabled=false", "clustering.enabled=false",
         "run.train={epochs: 1, eval_every: 1}", SECTION)
 
 
@@ -60,7 +60,8 @@ def test_report_draws_one_curve_per_hierarchy(finished):
     files = report.write_report(root / "sw")
     with open(files["hierarchies_csv"]) as f:
         rows = list(csv.DictReader(f))
-    want = {("taxonomy", "subclass"), ("taxonomy", "superclass")} | {
+    # the taxonomy's three levels and every control
+    want = {("taxonomy", "subclass"), ("taxonomy", "class"), ("taxonomy", "superclass")} | {
         (hierarchies.KINDS[k], name) for k, (name, _) in LEVELS.items()}
     assert {(r["hierarchy"], r["pretrain_level"]) for r in rows} == want
     assert all(r["mode"] == "linear" and r["seeds"] == "1" for r in rows)
