@@ -9,17 +9,20 @@ stacked and vmapped, and the K heads stay ordinary Linear layers, each applied t
 features. (Padding the heads to the largest class count and masking the extra logits would change label
 smoothing's share per class unless the loss were rewritten, for a layer that is a small part of the work.) One
 backward of the summed losses gives each member its own gradients (the slices are independent), and SGD's update
-is elementwise, so a batched member follows its sequential twin up to float rounding: `check_equal`, on every
-case before it is timed.
+is elementwise, so a batched member follows its sequential twin up to float rounding: `check_case` trains both
+sides in float64 from the same weights on the same batches and compares them (check_equal), on every case
+before it is timed.
 
 BatchNorm: the running statistics are stacked like the weights and given to vmap batched (in_dims 0), so each
 member normalises with its own batch statistics and updates its own running mean and variance in place.
 torch.func.replace_all_batch_norm_modules_ is not needed (it drops the running statistics, which changes
 evaluation). Each member's weights come back as an ordinary state_dict (`Batched.state_dicts`).
 
-Timing (house style 10): the check's steps are also each side's uncounted warm-up; then `repeats` repeats of
-`steps` steps a side, alternating which side goes first; median and spread of seconds per step (all K members);
-torch threads, load average and versions recorded.
+Timing (house style 10): both sides in float32, first the check's CHECK_STEPS steps again, uncounted (warm-up;
+their float32 difference is recorded); then `repeats` repeats of `steps` steps a side, alternating which side
+goes first; median and spread of seconds per step (all K members); torch threads, load average and versions
+recorded. GOMP_SPINCOUNT=100 as the suite's cpu profile: with libgomp's default spin-wait, 2 threads made a small
+CNN's step erratic here (0.07 to 3 s for the same step; 1 thread: 17 ms).
 
     python -m benchmarks.fused_vmap [--tiny] [--json PATH] [--results benchmarks/RESULTS.md] [--threads 2]
 """
