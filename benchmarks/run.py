@@ -143,13 +143,16 @@ def merge(results: dict[str, Any], earlier: dict[str, Any], only: tuple[str, ...
 
 
 def write_report(path: Path, text: str) -> None:
-    """Writes RESULTS.md, keeping the GPU section benchmarks/gpu_all.py spliced into the file already there."""
-    from benchmarks.gpu_all import gpu_block, splice
+    """Writes RESULTS.md, keeping the sections that scripts of their own splice into the file already there
+    (benchmarks/gpu_all.py's GPU figures, benchmarks/fused_vmap.py's batching figures)."""
+    from benchmarks import fused_vmap, gpu_all
 
     if path.is_file():
-        old = gpu_block(path.read_text())
-        if old is not None:
-            text = splice(text, old)
+        old = path.read_text()
+        for script in (gpu_all, fused_vmap):
+            i, j = old.find(script.START), old.find(script.END)
+            if 0 <= i < j:
+                text = script.splice(text, old[i:j + len(script.END)])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu_all
+from benchmarks import fused_vmap, gpu_all
 from benchmarks import loader as loader_bench
 from benchmarks import profiles
 from benchmarks import report as bench_report
@@ -209,11 +209,14 @@ def test_gpu_all_dry_run_keeps_the_cpu_figures_and_the_figures_of_steps_that_fin
     assert text.startswith("# Benchmark results\n\nCPU figures") and "not measured yet" not in text
     assert text.count(gpu_all.START) == 1 and "| distributed | distributed | timed out (killed) |" in text
     assert "### Loader vs torchvision DataLoader" in text
-    # a later CPU report keeps the GPU section
+    # a later CPU report keeps the GPU section and benchmarks/fused_vmap.py's
+    vmap_block = f"{fused_vmap.START}\n## batched members\n{fused_vmap.END}"
+    results.write_text(fused_vmap.splice(text, vmap_block))
     cpu = tmp_path / "cpu.json"
     cpu.write_text(json.dumps({**data, "device": "cpu"}))
     assert bench_run.main(["--render-only", "--results", str(results), "--json", str(cpu)]) == 0
-    assert gpu_all.gpu_block(results.read_text()) == gpu_all.gpu_block(text)
+    after = results.read_text()
+    assert gpu_all.gpu_block(after) == gpu_all.gpu_block(text) and after.count(vmap_block) == 1
 
 
 def test_gpu_all_refuses_bad_steps_and_caps():
