@@ -319,12 +319,12 @@ def fused_table(results: dict[str, Any]) -> list[str]:
                 "decode threads: fusing saves K - 1 decodes of every epoch (and K - 1 loader starts), not the "
                 "models' work, so with decode time D and one model's time M an epoch the speed-up is about "
                 "K (D + M) / (D + K M): near K only where decoding dominates.", "",
-                "Measured 2026-12-02 (session 6) with other helpers' tests on the same 2 cores (load 5-10): the "
-                "loader-bound MLP gained 1.8x (1.6-2.1x a repeat), short of the 2x goal; its separate runs waited "
-                "for data 76% of the time, but on 2 cores the decode threads and the 3 models' steps take turns on "
-                "the same cores, and each run's start (ffcv's numba-compiled train and val pipelines, several "
-                "seconds) is part of both sides. The demo's CNN gained nothing (1.0x): it keeps its data on the "
-                "device (data.resident: no per-epoch decode to share) and is compute-bound (data wait 5%). Both "
-                "sides trained the same thing (fused and separate losses equal epoch by epoch in the log). The "
-                "GPU rows, where decoding is the bottleneck for the MLP, are the figures that matter.", ""]
+                "Measured 2026-12-02 22:30 UTC (session 7) on the 2 cores with nothing else running (load 0.04 "
+                "before): the loader-bound MLP gained 2.5x (2.4-2.5x a repeat), over the 2x goal; its separate runs "
+                "waited for data 60% of the time. The demo's CNN gained 1.1x: it keeps its data on the device "
+                "(data.resident: no per-epoch decode to share) and is compute-bound (data wait 6%). Both sides "
+                "trained the same thing (fused and separate losses equal epoch by epoch in the log). In session 6, "
+                "with other tests sharing the cores (load 5-10), the same MLP case took 92.5 s separate and 50.8 s "
+                "fused (1.8x): decode threads, the models' steps and the other work then take turns on the same "
+                "cores. The GPU rows, where decoding is the bottleneck for the MLP, are still to be measured.", ""]
     return out
