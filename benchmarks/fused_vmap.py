@@ -338,8 +338,8 @@ NOTES = (
     "the demo's CNN at 0.74x (one grouped convolution a layer costs what the three convolutions did; copies that "
     "move the member dimension between batch and channels, and BatchNorm, ReLU and pooling on the regrouped "
     "tensors, come on top). For a fused job: in the fused benchmark's loader-bound case (3 levels x 8 epochs = 32 "
-    "steps of 256, 50.8 s fused) the models' steps take about 32 x 35 ms = 1.1 s, so batching would save about "
-    "0.3 s (under 1%), and a batched member would no longer be bit for bit a separate run in float32 (1e-7 apart "
+    "steps of 256; 7.8 s fused on 2 idle cores, 50.8 s on loaded ones) the models' steps take about 32 x 35 ms = "
+    "1.1 s, so batching would save about 0.3 s (4% idle, under 1% loaded), and a batched member would no longer be bit for bit a separate run in float32 (1e-7 apart "
     "after 3 steps, more later; tests/test_fused.py asserts exact equality). Not adopted in core.train.fused. "
     "Not measured on a GPU; the issue's GPU loader-bound case (B_6-Wi_1024) is the large-matmul kind that lost "
     "here.",
